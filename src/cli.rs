@@ -1,0 +1,216 @@
+//! The command line: `arc2face generate …`. It calls the same engine as the GUI, synchronously.
+//! stdout carries only results (one PNG path per line); logs and progress go to stderr.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use candle_core::{DType, Device, Tensor};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::engine::{Arc2FacePipeline, Flow, InitialNoise, Job, SamplingParams, StepProgress};
+use crate::gallery::metadata::{self, GenerationMetadata};
+use crate::models::ModelsDir;
+
+#[derive(Debug, Parser)]
+#[command(name = "arc2face", version, about = "Arc2Face Studio: new photos of a person from one photo")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate images of one identity.
+    Generate(GenerateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// The models folder (DESIGN.md §3 layout).
+    #[arg(long, env = "ARC2FACE_MODELS")]
+    pub models: PathBuf,
+    /// A raw ArcFace vector: float32 .npy of shape (D,) or (1, D).
+    #[arg(long, required_unless_present = "photo", conflicts_with = "photo")]
+    pub embedding: Option<PathBuf>,
+    /// A photo of the person (repeatable).
+    #[arg(long)]
+    pub photo: Vec<PathBuf>,
+    /// Which face of the photo, as `arc2face faces` lists them; default the largest.
+    #[arg(long, requires = "photo")]
+    pub face: Option<usize>,
+    /// Number of images [default: 4, or the batch of --noise].
+    #[arg(long)]
+    pub num_images: Option<usize>,
+    #[arg(long, default_value_t = 25)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 3.0)]
+    pub guidance: f64,
+    /// Image i uses seed S+i [default: random, printed to stderr].
+    #[arg(long, conflicts_with = "noise")]
+    pub seed: Option<u64>,
+    /// Initial latents (N, C, h, w) float32 .npy instead of seeded noise.
+    #[arg(long)]
+    pub noise: Option<PathBuf>,
+    /// Image side in pixels [default: the UNet's sample_size × the VAE scale factor].
+    #[arg(long)]
+    pub size: Option<usize>,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Model dtype [default: f32 on CPU, f16 on CUDA].
+    #[arg(long, value_enum)]
+    pub dtype: Option<DTypeArg>,
+    /// Folder for the PNGs.
+    #[arg(long, default_value = ".")]
+    pub out: PathBuf,
+    /// Write the final latents (N, C, h, w) float32, before division by the VAE scaling factor.
+    #[arg(long)]
+    pub latents_out: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DTypeArg {
+    F32,
+    F16,
+    Bf16,
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Some(Command::Generate(args)) => generate(args),
+        None => bail!("the desktop app is not built yet; run `arc2face generate --help` for the command line"),
+    }
+}
+
+fn parse_device(name: &str) -> anyhow::Result<Device> {
+    let ordinal = match name {
+        "cpu" => return Ok(Device::Cpu),
+        "cuda" => 0,
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => n,
+            _ => bail!("unknown device {other:?}: use cpu, cuda or cuda:N"),
+        },
+    };
+    Device::new_cuda(ordinal).with_context(|| format!("cannot use device {name}"))
+}
+
+fn generate(args: GenerateArgs) -> anyhow::Result<()> {
+    let device = parse_device(&args.device)?;
+    let dtype = match (args.dtype, &device) {
+        (Some(DTypeArg::F32), _) => DType::F32,
+        (Some(DTypeArg::F16), _) => DType::F16,
+        (Some(DTypeArg::Bf16), _) => DType::BF16,
+        (None, Device::Cpu) => DType::F32,
+        (None, _) => DType::F16,
+    };
+    let Some(embedding_path) = &args.embedding else {
+        bail!("--photo needs face analysis, which this build does not have yet; use --embedding");
+    };
+    let identity = read_identity(embedding_path)?;
+    let noise_latents = args.noise.as_deref().map(read_noise).transpose()?;
+
+    let started = Instant::now();
+    let pipeline = Arc2FacePipeline::load(&ModelsDir::new(&args.models), &device, dtype)?;
+    eprintln!("loaded models from {} in {:.1}s ({dtype:?} on {})", args.models.display(), started.elapsed().as_secs_f64(), args.device);
+
+    let (noise, num_images, size) = match noise_latents {
+        Some(latents) => {
+            let (n, _, h, _) = latents.dims4()?;
+            let size = args.size.unwrap_or(h * pipeline.default_size() / pipeline.latent_shape(pipeline.default_size()).2);
+            (InitialNoise::Latents(latents), args.num_images.unwrap_or(n), size)
+        }
+        None => {
+            let seed = args.seed.unwrap_or_else(random_seed);
+            if args.seed.is_none() {
+                eprintln!("seed: {seed}");
+            }
+            (InitialNoise::Seed(seed), args.num_images.unwrap_or(4), args.size.unwrap_or(pipeline.default_size()))
+        }
+    };
+    let job = Job { identity, num_images, params: SamplingParams { steps: args.steps, guidance: args.guidance, size }, noise };
+    pipeline.check(&job)?;
+
+    let identity_source = file_name(embedding_path);
+    let mut final_latents = Vec::new();
+    let mut stdout = std::io::stdout().lock();
+    let interactive = std::io::stderr().is_terminal();
+    let mut image_started = Instant::now();
+    let mut on_step = |p: &StepProgress| {
+        if interactive {
+            eprint!("\rimage {}/{num_images}: step {}/{}", p.image_index + 1, p.step, p.steps);
+        }
+        Flow::Continue
+    };
+    let mut on_image = |generated: crate::engine::GeneratedImage| {
+        let metadata = GenerationMetadata {
+            app: env!("CARGO_PKG_NAME").into(),
+            app_version: env!("CARGO_PKG_VERSION").into(),
+            seed: generated.seed,
+            steps: job.params.steps,
+            guidance: job.params.guidance,
+            width: generated.image.width() as usize,
+            height: generated.image.height() as usize,
+            scheduler: metadata::SCHEDULER_NAME.into(),
+            identity_source: identity_source.clone(),
+            model_files: pipeline.files().iter().map(Into::into).collect(),
+        };
+        let stem = match generated.seed {
+            Some(seed) => format!("arc2face-seed{seed}"),
+            None => format!("arc2face-noise{}", generated.index),
+        };
+        let path = metadata::write_png(&args.out, &stem, &generated.image, &metadata)
+            .map_err(|e| crate::engine::EngineError::Input(e.to_string()))?;
+        if interactive {
+            eprintln!();
+        }
+        eprintln!("image {}/{num_images} done in {:.1}s", generated.index + 1, image_started.elapsed().as_secs_f64());
+        image_started = Instant::now();
+        let _ = writeln!(stdout, "{}", path.display());
+        final_latents.push(generated.latents);
+        Ok(())
+    };
+    pipeline.run(&job, &mut on_step, &mut on_image)?;
+    drop(on_image);
+
+    if let Some(path) = &args.latents_out {
+        Tensor::cat(&final_latents, 0)?
+            .write_npy(path)
+            .with_context(|| format!("could not write {}", path.display()))?;
+    }
+    eprintln!("finished in {:.1}s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// A raw identity vector from a `.npy` of shape (D,) or (1, D).
+fn read_identity(path: &Path) -> anyhow::Result<Vec<f32>> {
+    let tensor = Tensor::read_npy(path).with_context(|| format!("{}: not a readable .npy file", path.display()))?;
+    let vector = match tensor.dims() {
+        [_] => tensor,
+        [1, _] => tensor.squeeze(0)?,
+        dims => bail!("{}: expected an identity vector of shape (D,) or (1, D), got {dims:?}", path.display()),
+    };
+    Ok(vector.to_dtype(DType::F32)?.to_vec1()?)
+}
+
+/// Initial latents from a `.npy` of shape (N, C, h, w).
+fn read_noise(path: &Path) -> anyhow::Result<Tensor> {
+    let tensor = Tensor::read_npy(path).with_context(|| format!("{}: not a readable .npy file", path.display()))?;
+    if tensor.rank() != 4 {
+        bail!("{}: expected latents of shape (N, C, h, w), got {:?}", path.display(), tensor.dims());
+    }
+    Ok(tensor.to_dtype(DType::F32)?)
+}
+
+/// A seed below 2³²: torch seeds its generator with the low 32 bits only.
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    hasher.finish() & 0xFFFF_FFFF
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}

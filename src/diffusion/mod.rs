@@ -1,0 +1,10 @@
+//! The diffusion models and the sampler, each usable and testable alone. They do no file I/O:
+//! the engine reads the files and hands them weights and configs.
+
+pub mod id_encoder;
+pub mod noise;
+pub mod preview;
+pub mod scheduler;
+pub mod unet;
+pub mod unet_blocks;
+pub mod vae;

@@ -1,0 +1,364 @@
+//! The Arc2Face UNet: SD1.5's `UNet2DConditionModel`, built from a diffusers `config.json`.
+//!
+//! Forked from candle-transformers' `stable_diffusion::unet_2d` (with its mid block, resnets and
+//! transformers reused as they are; the down/up blocks are forked in `unet_blocks`) because:
+//! - the sinusoidal timestep embedding is computed in f32 and cast afterwards, as diffusers does;
+//!   candle's computes it in the model dtype, which in f16 is off by up to 0.3 at t = 999;
+//! - the skip connections are gathered in one visible place (`forward`), where the pose
+//!   ControlNet's residuals will be added (DESIGN.md §7).
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Conv2d, GroupNorm, VarBuilder};
+use candle_transformers::models::stable_diffusion::embeddings::{TimestepEmbedding, Timesteps};
+use candle_transformers::models::stable_diffusion::unet_2d_blocks::{
+    UNetMidBlock2DCrossAttn, UNetMidBlock2DCrossAttnConfig,
+};
+use serde::Deserialize;
+
+use super::unet_blocks::{Attention, BlockSettings, DownBlock, UpBlock};
+
+/// A per-block setting that diffusers configs give either once or for each block.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum PerBlock {
+    One(usize),
+    Each(Vec<usize>),
+}
+
+impl PerBlock {
+    fn get(&self, block: usize) -> usize {
+        match self {
+            PerBlock::One(v) => *v,
+            PerBlock::Each(values) => values[block],
+        }
+    }
+
+    fn len_matches(&self, n: usize) -> bool {
+        match self {
+            PerBlock::One(_) => true,
+            PerBlock::Each(values) => values.len() == n,
+        }
+    }
+}
+
+/// The fields of a diffusers `UNet2DConditionModel` config that SD1.5-style UNets use, with
+/// diffusers' defaults. Options that change the architecture in ways this model does not
+/// implement are read so that `validate` can refuse them by name.
+#[derive(Debug, Clone, Deserialize)]
+pub struct UNetConfig {
+    #[serde(default = "four")]
+    pub in_channels: usize,
+    #[serde(default = "four")]
+    pub out_channels: usize,
+    pub sample_size: usize,
+    pub block_out_channels: Vec<usize>,
+    pub down_block_types: Vec<String>,
+    pub up_block_types: Vec<String>,
+    #[serde(default = "two")]
+    pub layers_per_block: usize,
+    /// In SD1.5 configs this is the number of heads, not their size (a diffusers quirk).
+    #[serde(default = "eight_heads")]
+    pub attention_head_dim: PerBlock,
+    /// When set, the number of heads; `attention_head_dim` is then ignored.
+    #[serde(default)]
+    pub num_attention_heads: Option<PerBlock>,
+    #[serde(default = "one_layer")]
+    pub transformer_layers_per_block: PerBlock,
+    #[serde(default = "default_cross_attention_dim")]
+    pub cross_attention_dim: usize,
+    #[serde(default = "default_norm_num_groups")]
+    pub norm_num_groups: usize,
+    #[serde(default = "default_norm_eps")]
+    pub norm_eps: f64,
+    #[serde(default = "yes")]
+    pub flip_sin_to_cos: bool,
+    #[serde(default)]
+    pub freq_shift: f64,
+    #[serde(default = "one")]
+    pub downsample_padding: usize,
+    #[serde(default = "one_f64")]
+    pub mid_block_scale_factor: f64,
+    #[serde(default)]
+    pub center_input_sample: bool,
+    #[serde(default)]
+    pub use_linear_projection: bool,
+    #[serde(default = "silu")]
+    pub act_fn: String,
+    #[serde(default)]
+    pub mid_block_type: Option<String>,
+    #[serde(default)]
+    pub class_embed_type: Option<serde_json::Value>,
+    #[serde(default)]
+    pub addition_embed_type: Option<serde_json::Value>,
+    #[serde(default)]
+    pub time_cond_proj_dim: Option<serde_json::Value>,
+    #[serde(default)]
+    pub encoder_hid_dim: Option<serde_json::Value>,
+    #[serde(default)]
+    pub dual_cross_attention: bool,
+    #[serde(default)]
+    pub only_cross_attention: serde_json::Value,
+    #[serde(default)]
+    pub resnet_time_scale_shift: Option<String>,
+}
+
+fn four() -> usize {
+    4
+}
+fn two() -> usize {
+    2
+}
+fn one() -> usize {
+    1
+}
+fn one_f64() -> f64 {
+    1.0
+}
+fn yes() -> bool {
+    true
+}
+fn eight_heads() -> PerBlock {
+    PerBlock::One(8)
+}
+fn one_layer() -> PerBlock {
+    PerBlock::One(1)
+}
+fn default_cross_attention_dim() -> usize {
+    1280
+}
+fn default_norm_num_groups() -> usize {
+    32
+}
+fn default_norm_eps() -> f64 {
+    1e-5
+}
+fn silu() -> String {
+    "silu".into()
+}
+
+impl UNetConfig {
+    /// The number of attention heads of each block.
+    fn heads(&self) -> &PerBlock {
+        self.num_attention_heads.as_ref().unwrap_or(&self.attention_head_dim)
+    }
+
+    fn has_cross_attention(&self, block: usize) -> bool {
+        self.down_block_types[block] == "CrossAttnDownBlock2D"
+    }
+
+    /// Says what is wrong when this UNet cannot be built from the config.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let n = self.block_out_channels.len();
+        if n == 0 || self.down_block_types.len() != n || self.up_block_types.len() != n {
+            return Err(format!(
+                "block_out_channels, down_block_types and up_block_types must have the same, \
+                 non-zero length (got {}, {}, {})",
+                n,
+                self.down_block_types.len(),
+                self.up_block_types.len()
+            ));
+        }
+        for (i, kind) in self.down_block_types.iter().enumerate() {
+            let mirrored = match kind.as_str() {
+                "CrossAttnDownBlock2D" => "CrossAttnUpBlock2D",
+                "DownBlock2D" => "UpBlock2D",
+                other => return Err(format!("down block type {other:?} is not supported")),
+            };
+            if self.up_block_types[n - 1 - i] != mirrored {
+                return Err(format!(
+                    "up_block_types must mirror down_block_types ({:?} expected at up block {})",
+                    mirrored,
+                    n - 1 - i
+                ));
+            }
+        }
+        if !self.heads().len_matches(n) || !self.transformer_layers_per_block.len_matches(n) {
+            return Err("per-block attention settings must have one value per block".into());
+        }
+        for (i, &channels) in self.block_out_channels.iter().enumerate() {
+            let heads = self.heads().get(i);
+            if heads == 0 || channels % heads != 0 || channels % self.norm_num_groups != 0 {
+                return Err(format!(
+                    "block {i}: {channels} channels do not split into {heads} heads and {} groups",
+                    self.norm_num_groups
+                ));
+            }
+        }
+        let unsupported = [
+            ("act_fn", self.act_fn != "silu"),
+            (
+                "mid_block_type",
+                self.mid_block_type.as_deref().is_some_and(|t| t != "UNetMidBlock2DCrossAttn"),
+            ),
+            ("class_embed_type", self.class_embed_type.as_ref().is_some_and(|v| !v.is_null())),
+            ("addition_embed_type", self.addition_embed_type.as_ref().is_some_and(|v| !v.is_null())),
+            ("time_cond_proj_dim", self.time_cond_proj_dim.as_ref().is_some_and(|v| !v.is_null())),
+            ("encoder_hid_dim", self.encoder_hid_dim.as_ref().is_some_and(|v| !v.is_null())),
+            ("dual_cross_attention", self.dual_cross_attention),
+            ("only_cross_attention", self.only_cross_attention.as_bool().unwrap_or(false)),
+            (
+                "resnet_time_scale_shift",
+                self.resnet_time_scale_shift.as_deref().is_some_and(|s| s != "default"),
+            ),
+        ];
+        match unsupported.iter().find(|(_, set)| *set) {
+            Some((name, _)) => Err(format!("{name} is set to a value this UNet does not support")),
+            None => Ok(()),
+        }
+    }
+
+    /// Latent sizes must halve cleanly at every down block.
+    pub fn latent_multiple(&self) -> usize {
+        1 << (self.block_out_channels.len() - 1)
+    }
+}
+
+pub struct UNet {
+    conv_in: Conv2d,
+    time_proj: Timesteps,
+    time_embedding: TimestepEmbedding,
+    down_blocks: Vec<DownBlock>,
+    mid_block: UNetMidBlock2DCrossAttn,
+    up_blocks: Vec<UpBlock>,
+    conv_norm_out: GroupNorm,
+    conv_out: Conv2d,
+    center_input_sample: bool,
+}
+
+impl UNet {
+    /// Builds the UNet from its weights (`vb` at the checkpoint's root) and a validated config.
+    pub fn new(vb: VarBuilder, config: &UNetConfig) -> Result<Self> {
+        config.validate().map_err(candle_core::Error::msg)?;
+        let channels = &config.block_out_channels;
+        let n = channels.len();
+        let heads = config.heads();
+        let time_embed_dim = channels[0] * 4;
+        let conv3 = candle_nn::Conv2dConfig { padding: 1, ..Default::default() };
+        let conv_in = candle_nn::conv2d(config.in_channels, channels[0], 3, conv3, vb.pp("conv_in"))?;
+        let time_proj = Timesteps::new(channels[0], config.flip_sin_to_cos, config.freq_shift);
+        let time_embedding =
+            TimestepEmbedding::new(vb.pp("time_embedding"), channels[0], time_embed_dim)?;
+
+        let settings = BlockSettings {
+            time_embed_dim,
+            norm_num_groups: config.norm_num_groups,
+            norm_eps: config.norm_eps,
+            cross_attention_dim: config.cross_attention_dim,
+            use_linear_projection: config.use_linear_projection,
+        };
+        let attention = |block: usize| {
+            config.has_cross_attention(block).then(|| Attention {
+                heads: heads.get(block),
+                depth: config.transformer_layers_per_block.get(block),
+            })
+        };
+
+        let down_blocks = (0..n)
+            .map(|i| {
+                let in_channels = if i == 0 { channels[0] } else { channels[i - 1] };
+                let is_last = i + 1 == n;
+                DownBlock::new(
+                    vb.pp(format!("down_blocks.{i}")),
+                    in_channels,
+                    channels[i],
+                    config.layers_per_block,
+                    attention(i),
+                    (!is_last).then_some(config.downsample_padding),
+                    &settings,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+
+        let mid_block = UNetMidBlock2DCrossAttn::new(
+            vb.pp("mid_block"),
+            channels[n - 1],
+            Some(time_embed_dim),
+            false,
+            UNetMidBlock2DCrossAttnConfig {
+                resnet_eps: config.norm_eps,
+                resnet_groups: Some(config.norm_num_groups),
+                output_scale_factor: config.mid_block_scale_factor,
+                cross_attn_dim: config.cross_attention_dim,
+                attn_num_head_channels: heads.get(n - 1),
+                use_linear_projection: config.use_linear_projection,
+                transformer_layers_per_block: config.transformer_layers_per_block.get(n - 1),
+                ..Default::default()
+            },
+        )?;
+
+        // Up block i mirrors down block n−1−i and consumes its skips (plus, at its last resnet,
+        // the one that entered that down block).
+        let up_blocks = (0..n)
+            .map(|i| {
+                let mirrored = n - 1 - i;
+                let out_channels = channels[mirrored];
+                let prev_output_channels = if i == 0 { channels[n - 1] } else { channels[mirrored + 1] };
+                let block_input_channels = channels[mirrored.saturating_sub(1)];
+                let mut skip_channels = vec![out_channels; config.layers_per_block + 1];
+                skip_channels[config.layers_per_block] = block_input_channels;
+                UpBlock::new(
+                    vb.pp(format!("up_blocks.{i}")),
+                    prev_output_channels,
+                    out_channels,
+                    &skip_channels,
+                    attention(mirrored),
+                    i + 1 < n,
+                    &settings,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+
+        let conv_norm_out = candle_nn::group_norm(
+            config.norm_num_groups,
+            channels[0],
+            config.norm_eps,
+            vb.pp("conv_norm_out"),
+        )?;
+        let conv_out = candle_nn::conv2d(channels[0], config.out_channels, 3, conv3, vb.pp("conv_out"))?;
+        Ok(Self {
+            conv_in,
+            time_proj,
+            time_embedding,
+            down_blocks,
+            mid_block,
+            up_blocks,
+            conv_norm_out,
+            conv_out,
+            center_input_sample: config.center_input_sample,
+        })
+    }
+
+    /// Predicts the noise in `sample` `(B, C, h, w)` at `timestep`, conditioned on
+    /// `encoder_hidden_states` `(B, 77, cross_attention_dim)`. Height and width must be multiples
+    /// of [`UNetConfig::latent_multiple`].
+    pub fn forward(&self, sample: &Tensor, timestep: f64, encoder_hidden_states: &Tensor) -> Result<Tensor> {
+        let batch = sample.dim(0)?;
+        let dtype = sample.dtype();
+        let xs = if self.center_input_sample { ((sample * 2.0)? - 1.0)? } else { sample.clone() };
+
+        // The sinusoid in f32, then the model dtype, as diffusers does.
+        let timesteps = Tensor::full(timestep as f32, batch, sample.device())?;
+        let emb = self.time_proj.forward(&timesteps)?.to_dtype(dtype)?;
+        let emb = self.time_embedding.forward(&emb)?;
+
+        let mut xs = self.conv_in.forward(&xs)?;
+        // Every down-block output the up blocks consume, in order. A ControlNet adds its
+        // residuals here, one per skip, and one to the mid-block output.
+        let mut skips = vec![xs.clone()];
+        for block in &self.down_blocks {
+            let (out, block_skips) = block.forward(&xs, &emb, encoder_hidden_states)?;
+            skips.extend(block_skips);
+            xs = out;
+        }
+
+        let mut xs = self.mid_block.forward(&xs, Some(&emb), Some(encoder_hidden_states))?;
+
+        for block in &self.up_blocks {
+            let block_skips = skips.split_off(skips.len() - block.num_skips());
+            xs = block.forward(&xs, &block_skips, &emb, encoder_hidden_states)?;
+        }
+
+        let xs = candle_nn::ops::silu(&self.conv_norm_out.forward(&xs)?)?;
+        self.conv_out.forward(&xs)
+    }
+}

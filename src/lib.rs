@@ -1,0 +1,9 @@
+//! Arc2Face Studio: new photos of a person from one photo of them.
+//!
+//! See ARCHITECTURE.md for the threads, the modules and how data flows between them.
+
+pub mod cli;
+pub mod diffusion;
+pub mod engine;
+pub mod gallery;
+pub mod models;
