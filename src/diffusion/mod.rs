@@ -1,6 +1,7 @@
 //! The diffusion models and the sampler, each usable and testable alone. They do no file I/O:
 //! the engine reads the files and hands them weights and configs.
 
+pub mod attention;
 pub mod id_encoder;
 pub mod noise;
 pub mod preview;

@@ -1,7 +1,7 @@
 //! The Arc2Face UNet: SD1.5's `UNet2DConditionModel`, built from a diffusers `config.json`.
 //!
-//! Forked from candle-transformers' `stable_diffusion::unet_2d` (with its mid block, resnets and
-//! transformers reused as they are; the down/up blocks are forked in `unet_blocks`) because:
+//! Forked from candle-transformers' `stable_diffusion::unet_2d` (its resnets and timestep layers
+//! are reused; the blocks and transformers are forked in `unet_blocks` and `attention`) because:
 //! - the sinusoidal timestep embedding is computed in f32 and cast afterwards, as diffusers does;
 //!   candle's computes it in the model dtype, which in f16 is off by up to 0.3 at t = 999;
 //! - the skip connections are gathered in one visible place (`forward`), where the pose
@@ -10,12 +10,9 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2d, GroupNorm, VarBuilder};
 use candle_transformers::models::stable_diffusion::embeddings::{TimestepEmbedding, Timesteps};
-use candle_transformers::models::stable_diffusion::unet_2d_blocks::{
-    UNetMidBlock2DCrossAttn, UNetMidBlock2DCrossAttnConfig,
-};
 use serde::Deserialize;
 
-use super::unet_blocks::{Attention, BlockSettings, DownBlock, UpBlock};
+use super::unet_blocks::{Attention, BlockSettings, DownBlock, MidBlock, UpBlock};
 
 /// A per-block setting that diffusers configs give either once or for each block.
 #[derive(Debug, Clone, Deserialize)]
@@ -218,7 +215,7 @@ pub struct UNet {
     time_proj: Timesteps,
     time_embedding: TimestepEmbedding,
     down_blocks: Vec<DownBlock>,
-    mid_block: UNetMidBlock2DCrossAttn,
+    mid_block: MidBlock,
     up_blocks: Vec<UpBlock>,
     conv_norm_out: GroupNorm,
     conv_out: Conv2d,
@@ -269,22 +266,9 @@ impl UNet {
             })
             .collect::<Result<Vec<_>>>()?;
 
-        let mid_block = UNetMidBlock2DCrossAttn::new(
-            vb.pp("mid_block"),
-            channels[n - 1],
-            Some(time_embed_dim),
-            false,
-            UNetMidBlock2DCrossAttnConfig {
-                resnet_eps: config.norm_eps,
-                resnet_groups: Some(config.norm_num_groups),
-                output_scale_factor: config.mid_block_scale_factor,
-                cross_attn_dim: config.cross_attention_dim,
-                attn_num_head_channels: heads.get(n - 1),
-                use_linear_projection: config.use_linear_projection,
-                transformer_layers_per_block: config.transformer_layers_per_block.get(n - 1),
-                ..Default::default()
-            },
-        )?;
+        let mid_attention = Attention { heads: heads.get(n - 1), depth: config.transformer_layers_per_block.get(n - 1) };
+        let mid_block =
+            MidBlock::new(vb.pp("mid_block"), channels[n - 1], mid_attention, config.mid_block_scale_factor, &settings)?;
 
         // Up block i mirrors down block n−1−i and consumes its skips (plus, at its last resnet,
         // the one that entered that down block).
@@ -351,7 +335,7 @@ impl UNet {
             xs = out;
         }
 
-        let mut xs = self.mid_block.forward(&xs, Some(&emb), Some(encoder_hidden_states))?;
+        let mut xs = self.mid_block.forward(&xs, &emb, encoder_hidden_states)?;
 
         for block in &self.up_blocks {
             let block_skips = skips.split_off(skips.len() - block.num_skips());

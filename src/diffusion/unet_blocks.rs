@@ -3,12 +3,13 @@
 //!
 //! Forked from candle-transformers' `unet_2d_blocks` because its `DownBlock2D` and `UpBlock2D`
 //! (and the cross-attention blocks built on them) ignore `resnet_groups` and always normalise in
-//! 32 groups. The resnet and transformer layers themselves are candle's.
+//! 32 groups, and because the transformers are our own (`attention`). The resnets are candle's.
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
-use candle_transformers::models::stable_diffusion::attention::{SpatialTransformer, SpatialTransformerConfig};
 use candle_transformers::models::stable_diffusion::resnet::{ResnetBlock2D, ResnetBlock2DConfig};
+
+use super::attention::{SpatialTransformer, TransformerSettings};
 
 /// What the blocks of one UNet share.
 #[derive(Debug, Clone, Copy)]
@@ -39,14 +40,15 @@ fn resnet(vb: VarBuilder, in_channels: usize, out_channels: usize, s: &BlockSett
 }
 
 fn transformer(vb: VarBuilder, channels: usize, attention: Attention, s: &BlockSettings) -> Result<SpatialTransformer> {
-    let config = SpatialTransformerConfig {
+    let settings = TransformerSettings {
+        channels,
+        heads: attention.heads,
         depth: attention.depth,
-        num_groups: s.norm_num_groups,
-        context_dim: Some(s.cross_attention_dim),
-        sliced_attention_size: None,
+        norm_num_groups: s.norm_num_groups,
+        context_dim: s.cross_attention_dim,
         use_linear_projection: s.use_linear_projection,
     };
-    SpatialTransformer::new(vb, channels, attention.heads, channels / attention.heads, false, config)
+    SpatialTransformer::new(vb, settings)
 }
 
 fn conv3(vb: VarBuilder, channels: usize, stride: usize, padding: usize) -> Result<Conv2d> {
@@ -93,7 +95,7 @@ impl DownBlock {
         for (i, resnet) in self.resnets.iter().enumerate() {
             xs = resnet.forward(&xs, Some(temb))?;
             if let Some(attentions) = &self.attentions {
-                xs = attentions[i].forward(&xs, Some(context))?;
+                xs = attentions[i].forward(&xs, context)?;
             }
             skips.push(xs.clone());
         }
@@ -152,7 +154,7 @@ impl UpBlock {
             xs = Tensor::cat(&[&xs, &skips[skips.len() - 1 - i]], 1)?;
             xs = resnet.forward(&xs, Some(temb))?;
             if let Some(attentions) = &self.attentions {
-                xs = attentions[i].forward(&xs, Some(context))?;
+                xs = attentions[i].forward(&xs, context)?;
             }
         }
         match &self.upsampler {
@@ -162,5 +164,39 @@ impl UpBlock {
             }
             None => Ok(xs),
         }
+    }
+}
+
+/// The bottleneck: resnet, spatial transformer, resnet.
+pub struct MidBlock {
+    first: ResnetBlock2D,
+    attention: SpatialTransformer,
+    second: ResnetBlock2D,
+}
+
+impl MidBlock {
+    pub fn new(vb: VarBuilder, channels: usize, attention: Attention, output_scale_factor: f64, s: &BlockSettings) -> Result<Self> {
+        let resnet = |vb: VarBuilder| {
+            let config = ResnetBlock2DConfig {
+                out_channels: Some(channels),
+                temb_channels: Some(s.time_embed_dim),
+                groups: s.norm_num_groups,
+                eps: s.norm_eps,
+                output_scale_factor,
+                ..Default::default()
+            };
+            ResnetBlock2D::new(vb, channels, config)
+        };
+        Ok(Self {
+            first: resnet(vb.pp("resnets.0"))?,
+            attention: transformer(vb.pp("attentions.0"), channels, attention, s)?,
+            second: resnet(vb.pp("resnets.1"))?,
+        })
+    }
+
+    pub fn forward(&self, xs: &Tensor, temb: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let xs = self.first.forward(xs, Some(temb))?;
+        let xs = self.attention.forward(&xs, context)?;
+        self.second.forward(&xs, Some(temb))
     }
 }

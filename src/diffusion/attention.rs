@@ -1,0 +1,170 @@
+//! The UNet's spatial transformer (diffusers' `Transformer2DModel` as SD1.5 uses it): group
+//! norm, projection in, transformer blocks of self-attention, cross-attention and a GEGLU
+//! feed-forward, projection out, residual.
+//!
+//! Forked from candle-transformers' `stable_diffusion::attention` because its GEGLU uses the
+//! tanh approximation of GELU where diffusers uses the exact (erf) one, a difference that shows
+//! at 1e-4 in the final latents. The cross-attention is also where the Expression Adapter's
+//! decoupled attention will attach (DESIGN.md §8).
+
+use candle_core::{D, DType, Module, Result, Tensor};
+use candle_nn::{Conv2d, GroupNorm, LayerNorm, Linear, VarBuilder};
+
+struct Attention {
+    to_q: Linear,
+    to_k: Linear,
+    to_v: Linear,
+    to_out: Linear,
+    heads: usize,
+}
+
+impl Attention {
+    fn new(vb: VarBuilder, query_dim: usize, context_dim: usize, heads: usize, head_dim: usize) -> Result<Self> {
+        let inner = heads * head_dim;
+        Ok(Self {
+            to_q: candle_nn::linear_no_bias(query_dim, inner, vb.pp("to_q"))?,
+            to_k: candle_nn::linear_no_bias(context_dim, inner, vb.pp("to_k"))?,
+            to_v: candle_nn::linear_no_bias(context_dim, inner, vb.pp("to_v"))?,
+            to_out: candle_nn::linear(inner, query_dim, vb.pp("to_out.0"))?,
+            heads,
+        })
+    }
+
+    /// Attends from `xs` `(B, N, C)` to `context` `(B, M, C')`; softmax in f32.
+    fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let q = self.split_heads(&self.to_q.forward(xs)?)?;
+        let k = self.split_heads(&self.to_k.forward(context)?)?;
+        let v = self.split_heads(&self.to_v.forward(context)?)?;
+        let head_dim = q.dim(D::Minus1)?;
+        let in_dtype = q.dtype();
+        let scores = (q.to_dtype(DType::F32)?.matmul(&k.to_dtype(DType::F32)?.t()?)? * (head_dim as f64).powf(-0.5))?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let out = probs.matmul(&v.to_dtype(DType::F32)?)?.to_dtype(in_dtype)?;
+        let (batch, heads, n, head_dim) = out.dims4()?;
+        let out = out.transpose(1, 2)?.reshape((batch, n, heads * head_dim))?;
+        self.to_out.forward(&out)
+    }
+
+    /// `(B, N, H·D)` → `(B, H, N, D)`.
+    fn split_heads(&self, xs: &Tensor) -> Result<Tensor> {
+        let (batch, n, inner) = xs.dims3()?;
+        xs.reshape((batch, n, self.heads, inner / self.heads))?.transpose(1, 2)?.contiguous()
+    }
+}
+
+/// GEGLU feed-forward: `proj` to twice the inner width, `value · gelu(gate)`, then back.
+struct FeedForward {
+    proj: Linear,
+    out: Linear,
+}
+
+impl FeedForward {
+    fn new(vb: VarBuilder, dim: usize) -> Result<Self> {
+        let inner = dim * 4;
+        Ok(Self {
+            proj: candle_nn::linear(dim, inner * 2, vb.pp("net.0.proj"))?,
+            out: candle_nn::linear(inner, dim, vb.pp("net.2"))?,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let projected = self.proj.forward(xs)?.chunk(2, D::Minus1)?;
+        self.out.forward(&(&projected[0] * projected[1].gelu_erf()?)?)
+    }
+}
+
+struct TransformerBlock {
+    norm1: LayerNorm,
+    self_attention: Attention,
+    norm2: LayerNorm,
+    cross_attention: Attention,
+    norm3: LayerNorm,
+    feed_forward: FeedForward,
+}
+
+impl TransformerBlock {
+    fn new(vb: VarBuilder, dim: usize, context_dim: usize, heads: usize) -> Result<Self> {
+        let head_dim = dim / heads;
+        Ok(Self {
+            norm1: candle_nn::layer_norm(dim, 1e-5, vb.pp("norm1"))?,
+            self_attention: Attention::new(vb.pp("attn1"), dim, dim, heads, head_dim)?,
+            norm2: candle_nn::layer_norm(dim, 1e-5, vb.pp("norm2"))?,
+            cross_attention: Attention::new(vb.pp("attn2"), dim, context_dim, heads, head_dim)?,
+            norm3: candle_nn::layer_norm(dim, 1e-5, vb.pp("norm3"))?,
+            feed_forward: FeedForward::new(vb.pp("ff"), dim)?,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let normed = self.norm1.forward(xs)?;
+        let xs = (self.self_attention.forward(&normed, &normed)? + xs)?;
+        let xs = (self.cross_attention.forward(&self.norm2.forward(&xs)?, context)? + xs)?;
+        self.feed_forward.forward(&self.norm3.forward(&xs)?)? + xs
+    }
+}
+
+/// A 1×1 convolution (SD1.5) or a linear layer (later SD versions) on the channels.
+enum Projection {
+    Conv(Conv2d),
+    Linear(Linear),
+}
+
+/// Settings of one spatial transformer.
+#[derive(Debug, Clone, Copy)]
+pub struct TransformerSettings {
+    pub channels: usize,
+    pub heads: usize,
+    pub depth: usize,
+    pub norm_num_groups: usize,
+    pub context_dim: usize,
+    pub use_linear_projection: bool,
+}
+
+pub struct SpatialTransformer {
+    norm: GroupNorm,
+    proj_in: Projection,
+    blocks: Vec<TransformerBlock>,
+    proj_out: Projection,
+}
+
+impl SpatialTransformer {
+    pub fn new(vb: VarBuilder, s: TransformerSettings) -> Result<Self> {
+        let c = s.channels;
+        let projection = |name: &str| -> Result<Projection> {
+            Ok(if s.use_linear_projection {
+                Projection::Linear(candle_nn::linear(c, c, vb.pp(name))?)
+            } else {
+                Projection::Conv(candle_nn::conv2d(c, c, 1, Default::default(), vb.pp(name))?)
+            })
+        };
+        let blocks = (0..s.depth)
+            .map(|i| TransformerBlock::new(vb.pp(format!("transformer_blocks.{i}")), c, s.context_dim, s.heads))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            norm: candle_nn::group_norm(s.norm_num_groups, c, 1e-6, vb.pp("norm"))?,
+            proj_in: projection("proj_in")?,
+            blocks,
+            proj_out: projection("proj_out")?,
+        })
+    }
+
+    /// `xs` `(B, C, H, W)`, `context` `(B, 77, context_dim)`.
+    pub fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let (batch, channels, height, width) = xs.dims4()?;
+        let to_tokens = |t: Tensor| t.permute((0, 2, 3, 1))?.reshape((batch, height * width, channels));
+        let to_image = |t: Tensor| t.reshape((batch, height, width, channels))?.permute((0, 3, 1, 2))?.contiguous();
+        let normed = self.norm.forward(xs)?;
+        let mut tokens = match &self.proj_in {
+            Projection::Conv(conv) => to_tokens(conv.forward(&normed)?)?,
+            Projection::Linear(linear) => linear.forward(&to_tokens(normed)?)?,
+        };
+        for block in &self.blocks {
+            tokens = block.forward(&tokens, context)?;
+        }
+        let out = match &self.proj_out {
+            Projection::Conv(conv) => conv.forward(&to_image(tokens)?)?,
+            Projection::Linear(linear) => to_image(linear.forward(&tokens)?)?,
+        };
+        out + xs
+    }
+}
