@@ -4,10 +4,7 @@
 //! Reads like diffusers' pipeline: check inputs → encode the identity → set timesteps → prepare
 //! latents → denoise (a per-step callback that can cancel) → decode.
 
-use std::path::PathBuf;
-
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
 use image::RgbImage;
 
 use crate::diffusion::id_encoder::{IdEncoder, IdEncoderConfig};
@@ -128,7 +125,7 @@ impl Arc2FacePipeline {
 
         let encoder_config: IdEncoderConfig = models.read_config(models::ENCODER_CONFIG)?;
         let encoder_path = models.existing(models::ENCODER_WEIGHTS)?;
-        let encoder = load_pickle(&encoder_path, dtype, device)
+        let encoder = models::load_pickle(&encoder_path, dtype, device)
             .and_then(|vb| IdEncoder::new(vb, &encoder_config))
             .map_err(|e| ModelError::invalid(&encoder_path, e))?;
         let unconditional = encoder.encode_unconditional()?;
@@ -146,7 +143,7 @@ impl Arc2FacePipeline {
             )
             .into());
         }
-        let unet = load_safetensors(&unet_path, dtype, device)
+        let unet = models::load_safetensors(&unet_path, dtype, device)
             .and_then(|vb| UNet::new(vb, &unet_config))
             .map_err(|e| ModelError::invalid(&unet_path, e))?;
 
@@ -164,7 +161,7 @@ impl Arc2FacePipeline {
             )
             .into());
         }
-        let vae = load_safetensors(&vae_path, dtype, device)
+        let vae = models::load_safetensors(&vae_path, dtype, device)
             .and_then(|vb| Vae::new(vb, &vae_config))
             .map_err(|e| ModelError::invalid(&vae_path, e))?;
 
@@ -355,15 +352,4 @@ impl Arc2FacePipeline {
         let decoded = self.vae.decode(&latents.to_dtype(self.dtype)?)?;
         Ok(vae::to_rgb_images(&decoded)?)
     }
-}
-
-fn load_safetensors(path: &PathBuf, dtype: DType, device: &Device) -> candle_core::Result<VarBuilder<'static>> {
-    // SAFETY: the file is memory-mapped read-only; like every mmap user we rely on nobody
-    // truncating it while the app runs.
-    unsafe { VarBuilder::from_mmaped_safetensors(&[path], dtype, device) }
-}
-
-fn load_pickle(path: &PathBuf, dtype: DType, device: &Device) -> candle_core::Result<VarBuilder<'static>> {
-    let tensors = candle_core::pickle::read_all(path)?.into_iter().collect();
-    Ok(VarBuilder::from_tensors(tensors, dtype, device))
 }

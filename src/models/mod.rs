@@ -5,12 +5,14 @@
 
 use std::path::{Path, PathBuf};
 
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
 use serde::de::DeserializeOwned;
 
 /// Anything wrong with a model file. Every variant names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("{}: missing ({what}); run `arc2face models download` or pass --models", path.display())]
+    #[error("{}: missing ({what}); see README.md for getting the models, or pass --models", path.display())]
     Missing { path: PathBuf, what: &'static str },
     #[error("{}: {reason}", path.display())]
     Invalid { path: PathBuf, reason: String },
@@ -100,6 +102,9 @@ impl ModelsDir {
 
     /// Checks every file a generation needs, so that a user learns of all missing files at once.
     pub fn check_generation_files(&self) -> Result<(), ModelError> {
+        if !self.root.is_dir() {
+            return Err(ModelError::invalid(&self.root, "models folder not found; pass --models or set ARC2FACE_MODELS"));
+        }
         let missing: Vec<ModelFile> =
             GENERATION_FILES.into_iter().filter(|file| !self.path(*file).is_file()).collect();
         match missing.as_slice() {
@@ -108,7 +113,7 @@ impl ModelsDir {
             many => Err(ModelError::Invalid {
                 path: self.root.clone(),
                 reason: format!(
-                    "missing model files: {}; run `arc2face models download` or pass --models",
+                    "missing model files: {}; see README.md for getting the models",
                     many.iter().map(|f| f.relative_path).collect::<Vec<_>>().join(", ")
                 ),
             }),
@@ -126,4 +131,17 @@ impl ModelsDir {
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, ModelError> {
     let text = std::fs::read_to_string(path).map_err(|e| ModelError::invalid(path, e))?;
     serde_json::from_str(&text).map_err(|e| ModelError::invalid(path, format!("malformed config: {e}")))
+}
+
+/// Weights from a safetensors file, memory-mapped, converted to `dtype` on `device` as they are read.
+pub fn load_safetensors(path: &Path, dtype: DType, device: &Device) -> candle_core::Result<VarBuilder<'static>> {
+    // SAFETY: the file is mapped read-only; like every mmap user we rely on nobody truncating it
+    // while the app runs.
+    unsafe { VarBuilder::from_mmaped_safetensors(&[path], dtype, device) }
+}
+
+/// Weights from a torch zip pickle holding a flat state dict.
+pub fn load_pickle(path: &Path, dtype: DType, device: &Device) -> candle_core::Result<VarBuilder<'static>> {
+    let tensors = candle_core::pickle::read_all(path)?.into_iter().collect();
+    Ok(VarBuilder::from_tensors(tensors, dtype, device))
 }

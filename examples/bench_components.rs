@@ -1,0 +1,41 @@
+//! Times the heavy pieces alone on a models folder: loading, one UNet step (with guidance, so
+//! batch 2) and one VAE decode. Complements tools/bench.sh, which times the whole CLI run.
+//!
+//!     cargo run --release --example bench_components -- MODELS_DIR [SIZE]
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+
+use arc2face_studio::diffusion::unet::{UNet, UNetConfig};
+use arc2face_studio::diffusion::vae::{Vae, VaeConfig};
+use arc2face_studio::models::{self, ModelsDir, load_safetensors};
+
+fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let dir = ModelsDir::new(args.next().ok_or_else(|| anyhow::anyhow!("usage: bench_components MODELS_DIR [SIZE]"))?);
+    let size: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(256);
+    let device = Device::Cpu;
+
+    let started = Instant::now();
+    let config: UNetConfig = dir.read_config(models::UNET_CONFIG)?;
+    let unet = UNet::new(load_safetensors(&dir.path(models::UNET_WEIGHTS), DType::F32, &device)?, &config)?;
+    eprintln!("load UNet        {:7.3} s", started.elapsed().as_secs_f64());
+    let started = Instant::now();
+    let vae_config: VaeConfig = dir.read_config(models::VAE_CONFIG)?;
+    let vae = Vae::new(load_safetensors(&dir.path(models::VAE_WEIGHTS), DType::F32, &device)?, &vae_config)?;
+    eprintln!("load VAE         {:7.3} s", started.elapsed().as_secs_f64());
+
+    let side = size / vae_config.scale_factor();
+    let latents = Tensor::randn(0f32, 1., (2, config.in_channels, side, side), &device)?;
+    let context = Tensor::randn(0f32, 1., (2, 77, config.cross_attention_dim), &device)?;
+    for i in 0..3 {
+        let started = Instant::now();
+        unet.forward(&latents, 999.0, &context)?;
+        eprintln!("UNet step {i} (batch 2, {size} px) {:7.3} s", started.elapsed().as_secs_f64());
+    }
+    let started = Instant::now();
+    vae.decode(&latents.narrow(0, 0, 1)?)?;
+    eprintln!("VAE decode ({size} px)  {:7.3} s", started.elapsed().as_secs_f64());
+    Ok(())
+}

@@ -1,0 +1,48 @@
+//! Helpers shared by the integration tests: the committed tiny fixture and error measures.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Tensor};
+
+/// `tests/fixtures/tiny`: tiny models in the real on-disk layout and the reference outputs that
+/// `tools/make_fixtures.py` computed with torch/diffusers/transformers.
+pub fn fixture() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny")
+}
+
+pub fn models_dir() -> PathBuf {
+    fixture().join("models")
+}
+
+pub fn reference(name: &str) -> Tensor {
+    let path = fixture().join("reference").join(name);
+    Tensor::read_npy(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+pub fn to_f32_vec(t: &Tensor) -> Vec<f32> {
+    t.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+}
+
+/// max |a − b| / max |b|: the error relative to the reference's scale.
+pub fn relative_max_error(actual: &Tensor, expected: &Tensor) -> f32 {
+    assert_eq!(actual.dims(), expected.dims(), "shapes differ");
+    let (a, b) = (to_f32_vec(actual), to_f32_vec(expected));
+    let max_diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    let scale = b.iter().map(|y| y.abs()).fold(0f32, f32::max);
+    max_diff / scale
+}
+
+pub fn assert_close(what: &str, actual: &Tensor, expected: &Tensor, tolerance: f32) {
+    let error = relative_max_error(actual, expected);
+    assert!(error <= tolerance, "{what}: relative max error {error:.3e} > {tolerance:.1e}");
+    eprintln!("{what}: relative max error {error:.3e} (tolerance {tolerance:.1e})");
+}
+
+/// Mean and max absolute difference between two 8-bit images, in levels.
+pub fn image_difference(actual: &[u8], expected: &[u8]) -> (f64, u8) {
+    assert_eq!(actual.len(), expected.len(), "image sizes differ");
+    let diffs: Vec<u8> = actual.iter().zip(expected).map(|(a, b)| a.abs_diff(*b)).collect();
+    let mean = diffs.iter().map(|&d| d as f64).sum::<f64>() / diffs.len() as f64;
+    (mean, diffs.iter().copied().max().unwrap_or(0))
+}

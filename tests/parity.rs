@@ -1,0 +1,160 @@
+//! Each piece of the pipeline against the reference stack's numbers (tests/fixtures/tiny,
+//! written by tools/make_fixtures.py with torch, diffusers and transformers).
+//!
+//! Tolerances: the reference runs in f32; re-running it in f64 moves its outputs by ~1e-6 of
+//! their scale, so 1e-5 (pieces) and 1e-4 (whole generations, where errors compound over
+//! steps) leave margin for summation order while still catching any real deviation — a GELU
+//! approximation, a wrong rounding of timesteps, a missing normalisation all show at 1e-4 or more.
+
+mod common;
+
+use candle_core::{DType, Device, Tensor};
+use common::*;
+
+use arc2face_studio::diffusion::id_encoder::{IdEncoder, IdEncoderConfig};
+use arc2face_studio::diffusion::noise::torch_randn;
+use arc2face_studio::diffusion::scheduler::{DpmSolverMultistep, SchedulerConfig};
+use arc2face_studio::diffusion::unet::{UNet, UNetConfig};
+use arc2face_studio::diffusion::vae::{Vae, VaeConfig};
+use arc2face_studio::engine::{Arc2FacePipeline, Flow, InitialNoise, Job, SamplingParams};
+use arc2face_studio::models::{self, ModelsDir, load_pickle, load_safetensors};
+
+fn training_sigmas() -> Vec<f64> {
+    let config: SchedulerConfig = ModelsDir::new(models_dir()).read_config(models::SCHEDULER_CONFIG).unwrap();
+    config.training_sigmas().unwrap()
+}
+
+#[test]
+fn scheduler_timesteps_and_sigmas_match_diffusers() {
+    let training = training_sigmas();
+    for steps in [1, 2, 5, 6, 25, 50] {
+        let scheduler = DpmSolverMultistep::new(&training, steps);
+        let expected: Vec<i64> = reference(&format!("scheduler_{steps}_timesteps.npy")).to_vec1().unwrap();
+        let actual: Vec<i64> = scheduler.timesteps().iter().map(|&t| t as i64).collect();
+        assert_eq!(actual, expected, "timesteps for {steps} steps");
+        let expected = reference(&format!("scheduler_{steps}_sigmas.npy"));
+        let actual = Tensor::new(scheduler.sigmas(), &Device::Cpu).unwrap();
+        assert_close(&format!("sigmas for {steps} steps"), &actual, &expected, 1e-5);
+    }
+}
+
+#[test]
+fn scheduler_steps_match_diffusers_with_a_formula_model() {
+    let training = training_sigmas();
+    for steps in [1, 2, 5, 25] {
+        let mut scheduler = DpmSolverMultistep::new(&training, steps);
+        let mut x = reference("scheduler_trace_x.npy");
+        for t in scheduler.timesteps().to_vec() {
+            // The reference's "model": eps = sin(x)·0.5 + t/1000, in f32.
+            let eps = ((x.sin().unwrap() * 0.5).unwrap() + (t as f32 / 1000.0) as f64).unwrap();
+            x = scheduler.step(&eps, &x).unwrap().prev_sample;
+        }
+        assert_close(&format!("trace of {steps} steps"), &x, &reference(&format!("scheduler_{steps}_trace.npy")), 1e-5);
+    }
+}
+
+#[test]
+fn seeded_noise_matches_torch_randn() {
+    let cases = [
+        (0, "noise_seed_0.npy"),
+        (1, "noise_seed_1.npy"),
+        (42, "noise_seed_42.npy"),
+        (2147483647, "noise_seed_2147483647.npy"),
+        (7, "noise_seed_7_shape_1x4x3x3.npy"),
+        (123, "noise_seed_123_shape_1x4x64x64.npy"),
+    ];
+    for (seed, name) in cases {
+        let expected = reference(name);
+        let actual = Tensor::from_vec(torch_randn(seed, expected.elem_count()), expected.dims(), &Device::Cpu).unwrap();
+        let error = relative_max_error(&actual, &expected);
+        // torch's vectorised log/sin/cos differ from libm's in the last bits only.
+        assert!(error < 1e-5, "seed {seed}: relative max error {error:.3e}");
+    }
+}
+
+fn load_encoder() -> IdEncoder {
+    let dir = ModelsDir::new(models_dir());
+    let config: IdEncoderConfig = dir.read_config(models::ENCODER_CONFIG).unwrap();
+    let vb = load_pickle(&dir.path(models::ENCODER_WEIGHTS), DType::F32, &Device::Cpu).unwrap();
+    IdEncoder::new(vb, &config).unwrap()
+}
+
+#[test]
+fn id_encoder_matches_transformers() {
+    let encoder = load_encoder();
+    let identity: Vec<f32> = reference("id_embedding.npy").to_vec1().unwrap();
+    assert_close("conditional", &encoder.encode_identity(&identity).unwrap(), &reference("encoder_cond.npy"), 1e-5);
+    assert_close("unconditional", &encoder.encode_unconditional().unwrap(), &reference("encoder_uncond.npy"), 1e-5);
+}
+
+#[test]
+fn unet_forward_matches_diffusers() {
+    let dir = ModelsDir::new(models_dir());
+    let config: UNetConfig = dir.read_config(models::UNET_CONFIG).unwrap();
+    let vb = load_safetensors(&dir.path(models::UNET_WEIGHTS), DType::F32, &Device::Cpu).unwrap();
+    let unet = UNet::new(vb, &config).unwrap();
+    let sample = reference("unet_sample.npy");
+    let context = reference("unet_encoder_hidden_states.npy");
+    for t in [999, 500] {
+        let out = unet.forward(&sample, t as f64, &context).unwrap();
+        assert_close(&format!("UNet at t={t}"), &out, &reference(&format!("unet_out_t{t}.npy")), 1e-5);
+    }
+}
+
+#[test]
+fn vae_decode_matches_diffusers() {
+    let dir = ModelsDir::new(models_dir());
+    let config: VaeConfig = dir.read_config(models::VAE_CONFIG).unwrap();
+    let vb = load_safetensors(&dir.path(models::VAE_WEIGHTS), DType::F32, &Device::Cpu).unwrap();
+    let vae = Vae::new(vb, &config).unwrap();
+    // The reference decoded its input as is; our decode divides by the scaling factor first.
+    let latents = (reference("vae_latents.npy") * config.scaling_factor).unwrap();
+    assert_close("VAE decode", &vae.decode(&latents).unwrap(), &reference("vae_decoded.npy"), 1e-5);
+}
+
+fn run_generation(noise: InitialNoise, steps: usize, guidance: f64) -> (Tensor, Vec<Vec<u8>>) {
+    let pipeline = Arc2FacePipeline::load(&ModelsDir::new(models_dir()), &Device::Cpu, DType::F32).unwrap();
+    let job = Job {
+        identity: reference("id_embedding.npy").to_vec1().unwrap(),
+        num_images: 2,
+        params: SamplingParams { steps, guidance, size: 32 },
+        noise,
+    };
+    let (mut latents, mut images) = (Vec::new(), Vec::new());
+    pipeline
+        .run(&job, &mut |_| Flow::Continue, &mut |generated| {
+            latents.push(generated.latents);
+            images.push(generated.image.into_raw());
+            Ok(())
+        })
+        .unwrap();
+    (Tensor::cat(&latents, 0).unwrap(), images)
+}
+
+fn check_generation(name: &str, latents: &Tensor, images: &[Vec<u8>]) {
+    assert_close(&format!("{name} latents"), latents, &reference(&format!("gen_{name}_latents.npy")), 1e-4);
+    let expected: Vec<u8> = reference(&format!("gen_{name}_images.npy")).flatten_all().unwrap().to_vec1().unwrap();
+    let per_image = expected.len() / images.len();
+    for (i, image) in images.iter().enumerate() {
+        let (mean, max) = image_difference(image, &expected[i * per_image..(i + 1) * per_image]);
+        assert!(mean <= 0.1 && max <= 1, "{name} image {i}: mean {mean:.3}, max {max} levels");
+    }
+}
+
+#[test]
+fn generation_with_guidance_matches_diffusers() {
+    let (latents, images) = run_generation(InitialNoise::Latents(reference("gen_noise.npy")), 5, 3.0);
+    check_generation("cfg", &latents, &images);
+}
+
+#[test]
+fn generation_without_guidance_matches_diffusers() {
+    let (latents, images) = run_generation(InitialNoise::Latents(reference("gen_noise.npy")), 5, 1.0);
+    check_generation("nocfg", &latents, &images);
+}
+
+#[test]
+fn seeded_generation_matches_diffusers_with_per_image_generators() {
+    let (latents, images) = run_generation(InitialNoise::Seed(42), 4, 3.0);
+    check_generation("seed", &latents, &images);
+}
