@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use candle_core::{DType, Device, Tensor};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::face::{self, FaceAnalyzer};
 use crate::engine::{Arc2FacePipeline, Flow, InitialNoise, Job, SamplingParams, StepProgress};
 use crate::gallery::metadata::{self, GenerationMetadata};
 use crate::models::ModelsDir;
@@ -24,6 +25,19 @@ pub struct Cli {
 pub enum Command {
     /// Generate images of one identity.
     Generate(GenerateArgs),
+    /// List the faces of a photo as JSON: box, score, keypoints and raw embedding.
+    Faces(FacesArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FacesArgs {
+    /// The models folder (needs antelopev2/scrfd_10g_bnkps.onnx and arcface.onnx).
+    #[arg(long, env = "ARC2FACE_MODELS")]
+    pub models: PathBuf,
+    pub photo: PathBuf,
+    /// The detector's square input size.
+    #[arg(long, default_value_t = face::DEFAULT_DET_SIZE)]
+    pub det_size: usize,
 }
 
 #[derive(Debug, Args)]
@@ -34,12 +48,15 @@ pub struct GenerateArgs {
     /// A raw ArcFace vector: float32 .npy of shape (D,) or (1, D).
     #[arg(long, required_unless_present = "photo", conflicts_with = "photo")]
     pub embedding: Option<PathBuf>,
-    /// A photo of the person (repeatable).
+    /// A photo of the person; repeat it to combine several photos into one identity.
     #[arg(long)]
     pub photo: Vec<PathBuf>,
     /// Which face of the photo, as `arc2face faces` lists them; default the largest.
     #[arg(long, requires = "photo")]
     pub face: Option<usize>,
+    /// The face detector's square input size.
+    #[arg(long, default_value_t = face::DEFAULT_DET_SIZE)]
+    pub det_size: usize,
     /// Number of images [default: 4, or the batch of --noise].
     #[arg(long)]
     pub num_images: Option<usize>,
@@ -80,6 +97,7 @@ pub enum DTypeArg {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Generate(args)) => generate(args),
+        Some(Command::Faces(args)) => faces(args),
         None => bail!("the desktop app is not built yet; run `arc2face generate --help` for the command line"),
     }
 }
@@ -105,10 +123,10 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         (None, Device::Cpu) => DType::F32,
         (None, _) => DType::F16,
     };
-    let Some(embedding_path) = &args.embedding else {
-        bail!("--photo needs face analysis, which this build does not have yet; use --embedding");
+    let (identity, identity_source) = match &args.embedding {
+        Some(path) => (read_identity(path)?, file_name(path)),
+        None => identity_from_photos(&args)?,
     };
-    let identity = read_identity(embedding_path)?;
     let noise_latents = args.noise.as_deref().map(read_noise).transpose()?;
 
     let started = Instant::now();
@@ -132,7 +150,6 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     let job = Job { identity, num_images, params: SamplingParams { steps: args.steps, guidance: args.guidance, size }, noise };
     pipeline.check(&job)?;
 
-    let identity_source = file_name(embedding_path);
     let mut final_latents = Vec::new();
     let mut stdout = std::io::stdout().lock();
     let interactive = std::io::stderr().is_terminal();
@@ -181,6 +198,46 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     }
     eprintln!("finished in {:.1}s", started.elapsed().as_secs_f64());
     Ok(())
+}
+
+fn load_face_analyzer(models: &Path) -> anyhow::Result<FaceAnalyzer> {
+    let analyzer = FaceAnalyzer::load(&ModelsDir::new(models))?;
+    if let Ok(runtime) = face::runtime::runtime() {
+        eprintln!("face analysis: ONNX Runtime {} ({})", runtime.library.display(), runtime.provider);
+    }
+    Ok(analyzer)
+}
+
+fn faces(args: FacesArgs) -> anyhow::Result<()> {
+    let photo = face::photo::load_photo(&args.photo)?;
+    let faces = load_face_analyzer(&args.models)?.analyze(&photo, args.det_size)?;
+    eprintln!("{}: {} face(s)", args.photo.display(), faces.len());
+    println!("{}", serde_json::to_string(&faces)?);
+    Ok(())
+}
+
+/// The identity of the chosen face (default the largest) of each photo, combined into one.
+fn identity_from_photos(args: &GenerateArgs) -> anyhow::Result<(Vec<f32>, String)> {
+    if args.face.is_some() && args.photo.len() > 1 {
+        bail!("--face picks a face of a single photo; with several photos the largest face of each is used");
+    }
+    let mut analyzer = load_face_analyzer(&args.models)?;
+    let mut embeddings = Vec::new();
+    let mut sources = Vec::new();
+    for path in &args.photo {
+        let photo = face::photo::load_photo(path)?;
+        let mut faces = analyzer.analyze(&photo, args.det_size)?;
+        let Some(largest) = face::largest_face(&faces) else {
+            bail!("{}: no face found; try a photo with more margin around the face", path.display());
+        };
+        let index = args.face.unwrap_or(largest);
+        if index >= faces.len() {
+            bail!("{}: --face {index} but the photo has {} face(s), numbered from 0", path.display(), faces.len());
+        }
+        embeddings.push(faces.swap_remove(index).embedding);
+        sources.push(format!("{} (face {index})", file_name(path)));
+    }
+    Ok((face::mean_identity(&embeddings), sources.join(", ")))
 }
 
 /// A raw identity vector from a `.npy` of shape (D,) or (1, D).

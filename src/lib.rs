@@ -5,5 +5,6 @@
 pub mod cli;
 pub mod diffusion;
 pub mod engine;
+pub mod face;
 pub mod gallery;
 pub mod models;

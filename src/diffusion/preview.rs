@@ -39,3 +39,25 @@ pub fn latents_to_rgb(latents: &Tensor) -> Result<RgbImage> {
     }
     Ok(RgbImage::from_raw(width as u32, height as u32, pixels).expect("buffer sized to the image"))
 }
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+
+    use super::*;
+
+    #[test]
+    fn zero_latents_are_mid_grey_and_channels_map_through_the_table() {
+        let zeros = Tensor::zeros((1, 4, 2, 3), DType::F32, &Device::Cpu).unwrap();
+        let preview = latents_to_rgb(&zeros).unwrap();
+        assert_eq!((preview.width(), preview.height()), (3, 2));
+        assert!(preview.pixels().all(|p| p.0 == [128, 128, 128]));
+
+        // Channel 0 at +1 everywhere: RGB = (1 + factors)/2 · 255.
+        let mut values = vec![0f32; 4 * 6];
+        values[..6].fill(1.0);
+        let latents = Tensor::from_vec(values, (1, 4, 2, 3), &Device::Cpu).unwrap();
+        let expected = LATENT_TO_RGB[0].map(|f| (((f + 1.0) / 2.0) * 255.0).round() as u8);
+        assert!(latents_to_rgb(&latents).unwrap().pixels().all(|p| p.0 == expected));
+    }
+}

@@ -60,6 +60,13 @@ pub const SCHEDULER_CONFIG: ModelFile = ModelFile {
     what: "SD1.5 scheduler config",
 };
 
+pub const DETECTOR: ModelFile = ModelFile {
+    relative_path: "antelopev2/scrfd_10g_bnkps.onnx",
+    what: "SCRFD-10G face detector (insightface antelopev2)",
+};
+pub const RECOGNIZER: ModelFile =
+    ModelFile { relative_path: "arcface.onnx", what: "Arc2Face's ArcFace recognizer (not glintr100.onnx)" };
+
 /// The files a generation needs.
 pub const GENERATION_FILES: [ModelFile; 7] = [
     UNET_CONFIG,

@@ -1,0 +1,71 @@
+//! The one ONNX Runtime environment of the process. ort loads the library at run time
+//! (`load-dynamic`), so the app builds and starts without it and says how to get it.
+//!
+//! Where the library is looked for, in order: `ORT_DYLIB_PATH`; next to the executable; the
+//! app's data folder (`…/arc2face-studio/onnxruntime/`).
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use ort::environment::Environment;
+
+pub const ONNXRUNTIME_VERSION: &str = "1.31.1";
+
+#[cfg(target_os = "windows")]
+const LIBRARY_NAMES: [&str; 1] = ["onnxruntime.dll"];
+#[cfg(target_os = "macos")]
+const LIBRARY_NAMES: [&str; 2] = ["libonnxruntime.1.31.1.dylib", "libonnxruntime.dylib"];
+#[cfg(not(any(target_os = "windows", target_os = "macos")))]
+const LIBRARY_NAMES: [&str; 2] = ["libonnxruntime.so.1.31.1", "libonnxruntime.so"];
+
+/// The loaded runtime: its environment and where the library came from.
+pub struct Runtime {
+    pub environment: Environment,
+    pub library: PathBuf,
+    /// The execution provider sessions ask for first ("CUDA" or "CPU").
+    pub provider: &'static str,
+}
+
+/// The process's runtime, loaded on first use; the error says how to get the library.
+pub fn runtime() -> Result<&'static Runtime, String> {
+    static RUNTIME: OnceLock<Result<Runtime, String>> = OnceLock::new();
+    RUNTIME.get_or_init(load).as_ref().map_err(Clone::clone)
+}
+
+/// The app's data folder, where downloads (models, the runtime) go.
+pub fn data_dir() -> Option<PathBuf> {
+    directories::ProjectDirs::from("", "", "arc2face-studio").map(|dirs| dirs.data_dir().to_path_buf())
+}
+
+fn candidates() -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    if let Some(path) = std::env::var_os("ORT_DYLIB_PATH") {
+        found.push(PathBuf::from(path));
+    }
+    let dirs = [
+        std::env::current_exe().ok().and_then(|exe| exe.parent().map(PathBuf::from)),
+        data_dir().map(|dir| dir.join("onnxruntime")),
+    ];
+    for dir in dirs.into_iter().flatten() {
+        found.extend(LIBRARY_NAMES.iter().map(|name| dir.join(name)));
+    }
+    found
+}
+
+fn load() -> Result<Runtime, String> {
+    let library = candidates().into_iter().find(|path| path.is_file()).ok_or_else(|| {
+        format!(
+            "ONNX Runtime {ONNXRUNTIME_VERSION} not found (needed for face analysis): run scripts/onnxruntime.sh and set \
+             ORT_DYLIB_PATH to the path it prints, or put the library next to the executable or in {}",
+            data_dir().map(|d| d.join("onnxruntime").display().to_string()).unwrap_or_else(|| "the app's data folder".into())
+        )
+    })?;
+    let failed = |e: &dyn std::fmt::Display| format!("{}: cannot load ONNX Runtime: {e}", library.display());
+    let builder = ort::init_from(&library).map_err(|e| failed(&e))?.with_name("arc2face");
+    #[cfg(feature = "cuda")]
+    let (builder, provider) = (builder.with_execution_providers([ort::ep::CUDA::default().build()]), "CUDA");
+    #[cfg(not(feature = "cuda"))]
+    let provider = "CPU";
+    let environment = builder.build().map_err(|e| failed(&e))?;
+    Ok(Runtime { environment, library, provider })
+}
