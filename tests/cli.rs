@@ -157,6 +157,6 @@ fn bad_requests_say_what_is_wrong() {
     let not_npy = dir.path().join("not.npy");
     std::fs::write(&not_npy, "hello").unwrap();
     assert_fails_with(&run(&["--embedding", path_str(&not_npy)]), "not a readable .npy file");
-    assert_fails_with(&run(&["--photo", "face.jpg"]), "use --embedding");
+    assert_fails_with(&run(&["--photo", "face.jpg"]), "antelopev2/scrfd_10g_bnkps.onnx: missing");
     assert_fails_with(&run(&["--embedding", path_str(&embedding), "--device", "tpu"]), "unknown device");
 }

@@ -85,12 +85,12 @@ pub struct FaceAnalyzer {
 impl FaceAnalyzer {
     /// Loads both models from `models` on the process's ONNX Runtime.
     pub fn load(models: &ModelsDir) -> Result<Self, FaceError> {
-        let runtime = runtime::runtime().map_err(FaceError::Runtime)?;
         let detector_path = models.existing(models::DETECTOR)?;
+        let recognizer_path = models.existing(models::RECOGNIZER)?;
+        let runtime = runtime::runtime().map_err(FaceError::Runtime)?;
         let detector_bytes = read(&detector_path)?;
         let detector = session(&runtime.environment, &detector_bytes, &detector_path)
             .and_then(|s| Scrfd::new(s).map_err(|e| ModelError::invalid(&detector_path, e)))?;
-        let recognizer_path = models.existing(models::RECOGNIZER)?;
         let recognizer_bytes = read(&recognizer_path)?;
         let recognizer = session(&runtime.environment, &recognizer_bytes, &recognizer_path)
             .and_then(|s| ArcFace::new(s, &recognizer_bytes).map_err(|e| ModelError::invalid(&recognizer_path, e)))?;
