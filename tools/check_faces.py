@@ -40,7 +40,6 @@ Exit status: 0 all good, 1 a comparison failed, 2 the CLI failed (non-zero exit,
 
 import argparse
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -373,8 +372,6 @@ def emulate_cli(argv):
                                providers=["CPUExecutionProvider"])
     rec = ort.InferenceSession(os.path.join(args.models, "arcface.onnx"), so, providers=["CPUExecutionProvider"])
     if use_cv2:
-        import cv2
-
         rgb = np.ascontiguousarray(cv2.imread(args.photo)[:, :, ::-1])
     else:
         rgb = _emu_decode(args.photo, noise)

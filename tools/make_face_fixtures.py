@@ -26,11 +26,14 @@ Writes into DIR:
   reference/params.json  versions, per-case details (det size, det_scale, letterbox size,
                          counts), the recognizers' input_mean/input_std, notes.
 
-The detector is not a face detector: its score is a smooth function of local colour and texture
-(average-pooled mean and standard deviation at each stride, a small random conv, a texture gate)
-calibrated per seed so that the astronaut's best score is 0.93. Flat regions (the letterbox
-padding, no_face.png) score low. Because the texture of a cell shrinks when a small photo is
-upscaled, a tight crop scores lower at det size 640 than at 320, as real detectors do.
+The detector is not a face detector. Per stride it average-pools the colour and the local standard
+deviation (texture) of each cell, smooths them over 3x3 cells, and scores a cell by a small random
+conv plus a hand-made "face-ish cell" term (a Gaussian bump around skin-like R-G, G-B, brightness
+and texture, FACE_STATS); the score biases are then shifted so the astronaut's best score at 640
+is 0.93. Flat regions (the letterbox padding, no_face.png) score ~0. Because the texture of a cell
+shrinks when a small photo is upscaled, the tight crop scores lower at det size 640 than at 320,
+as real detectors do. Boxes are 1.6-4 strides per side (anchor 1 twice as large); keypoints sit
+at a template position inside the box plus a small learned offset.
 
 Deterministic for a given --seed and package versions. --seed changes every random weight
 (tools/check_faces.py --fresh-seed N uses it for models the tests never saw).
@@ -42,7 +45,6 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 
 import numpy as np
 
@@ -543,7 +545,10 @@ def main():
             "(INTER_LINEAR, BORDER_CONSTANT), M = skimage SimilarityTransform estimated kps -> arcface_dst.",
             "Recognizer blob: cv2.dnn.blobFromImages(crop, 1/input_std, (112, 112), (input_mean,)*3, swapRB=True).",
             "The detector's declared output shapes are the fixed 640x640 ones (like the real file); ORT warns at "
-            "other input sizes.",
+            "other input sizes. insightface 2.x itself builds one Session per input size with a rewritten, "
+            "fully static copy of the graph (SCRFD static_shape_sessions=True), so it never sees the mismatch.",
+            "insightface 2.x: SCRFD/FaceAnalysis without an explicit det size detect at BOTH (128,128) and "
+            "(640,640) and merge the candidates before NMS; Arc2Face passes det_size=(640, 640), as we do.",
             "JPEGs are written 4:4:4 (subsampling=0): image 0.25 / zune-jpeg 0.5.15 and libjpeg-turbo (cv2) then "
             "differ on ~1% of pixels by <= 3 levels; with 4:2:0 chroma they differ on ~7% by <= 5, which moved "
             "this tiny detector's scores by up to 0.07.",
