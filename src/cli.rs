@@ -16,9 +16,15 @@ use crate::models::ModelsDir;
 
 #[derive(Debug, Parser)]
 #[command(name = "arc2face", version, about = "Arc2Face Studio: new photos of a person from one photo")]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// Without a subcommand: the models folder the desktop app uses.
+    #[arg(long, env = "ARC2FACE_MODELS")]
+    pub models: Option<PathBuf>,
+    /// Without a subcommand: photos the desktop app opens at start.
+    pub photos: Vec<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -98,7 +104,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Generate(args)) => generate(args),
         Some(Command::Faces(args)) => faces(args),
-        None => bail!("the desktop app is not built yet; run `arc2face generate --help` for the command line"),
+        None => crate::app::run(cli.models, cli.photos),
     }
 }
 
@@ -140,7 +146,7 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
             (InitialNoise::Latents(latents), args.num_images.unwrap_or(n), size)
         }
         None => {
-            let seed = args.seed.unwrap_or_else(random_seed);
+            let seed = args.seed.unwrap_or_else(crate::engine::random_seed);
             if args.seed.is_none() {
                 eprintln!("seed: {seed}");
             }
@@ -258,14 +264,6 @@ fn read_noise(path: &Path) -> anyhow::Result<Tensor> {
         bail!("{}: expected latents of shape (N, C, h, w), got {:?}", path.display(), tensor.dims());
     }
     Ok(tensor.to_dtype(DType::F32)?)
-}
-
-/// A seed below 2³²: torch seeds its generator with the low 32 bits only.
-fn random_seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
-    hasher.finish() & 0xFFFF_FFFF
 }
 
 fn file_name(path: &Path) -> String {

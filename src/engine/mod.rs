@@ -98,6 +98,16 @@ pub struct LoadedFile {
     pub bytes: u64,
 }
 
+/// A fresh seed below 2³²: torch seeds its generator with the low 32 bits only, so larger seeds
+/// would only alias smaller ones.
+pub fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    hasher.write_u128(now);
+    hasher.finish() & 0xFFFF_FFFF
+}
+
 /// The loaded Arc2Face models.
 pub struct Arc2FacePipeline {
     encoder: IdEncoder,

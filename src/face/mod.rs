@@ -126,3 +126,17 @@ fn session(environment: &ort::environment::Environment, bytes: &[u8], path: &Pat
         .and_then(|mut builder| builder.commit_from_memory(bytes))
         .map_err(|e| ModelError::invalid(path, format!("not a usable ONNX model: {e}")))
 }
+
+/// How well a generated image keeps the identity: the cosine between `identity` and the
+/// largest face found in `image`, or `None` when no face is found. The image is padded first:
+/// generated portraits fill the frame, and the detector misses faces that touch the border.
+pub fn identity_match(analyzer: &mut FaceAnalyzer, image: &RgbImage, identity: &[f32]) -> Option<f32> {
+    let pad = image.width().max(image.height()) / 4;
+    let mut padded = RgbImage::new(image.width() + 2 * pad, image.height() + 2 * pad);
+    image::imageops::replace(&mut padded, image, pad as i64, pad as i64);
+    let faces = analyzer.analyze(&padded, DEFAULT_DET_SIZE).ok()?;
+    let face = &faces[largest_face(&faces)?];
+    let dot: f32 = face.embedding.iter().zip(identity).map(|(a, b)| a * b).sum();
+    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    (face.embedding.len() == identity.len()).then(|| dot / (norm(&face.embedding) * norm(identity)))
+}

@@ -1,0 +1,314 @@
+//! The panels: small functions that read the state and return the user's actions.
+
+use egui::{Align2, Color32, FontId, Pos2, Rect, RichText, Sense, Stroke, Ui, Vec2};
+
+use super::Action;
+use super::state::*;
+use crate::gallery::history::SortOrder;
+
+/// The whole window.
+pub fn show(ui: &mut Ui, state: &AppState) -> Vec<Action> {
+    let mut actions = Vec::new();
+    egui::Panel::top("top").show(ui, |ui| top_bar(ui, state, &mut actions));
+    egui::Panel::bottom("gallery").resizable(true).default_size(230.0).show(ui, |ui| gallery(ui, state, &mut actions));
+    egui::Panel::left("photo").resizable(true).default_size(420.0).show(ui, |ui| {
+        egui::ScrollArea::vertical().show(ui, |ui| {
+            photo(ui, state, &mut actions);
+            ui.separator();
+            settings(ui, state, &mut actions);
+            ui.separator();
+            queue(ui, state, &mut actions);
+        });
+    });
+    egui::CentralPanel::default().show(ui, |ui| central(ui, state, &mut actions));
+    actions
+}
+
+fn top_bar(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
+    ui.horizontal(|ui| {
+        if ui.button("Open photo…").on_hover_text("Ctrl+O, or drop a photo on the window").clicked() {
+            actions.push(Action::BrowsePhoto);
+        }
+        ui.menu_button("Recent", |ui| {
+            if state.settings.recent_photos.is_empty() {
+                ui.label("No recent photos");
+            }
+            for path in &state.settings.recent_photos {
+                if ui.button(path.display().to_string()).clicked() {
+                    actions.push(Action::OpenPhoto(path.clone()));
+                }
+            }
+        });
+        ui.separator();
+        ui.label(format!("Models: {}", state.models_dir.display()));
+        if ui.button("Change…").clicked() {
+            actions.push(Action::BrowseModels);
+        }
+        if let Some(what) = &state.busy {
+            ui.separator();
+            ui.spinner();
+            ui.label(what);
+        }
+    });
+    if !state.missing_models.is_empty() {
+        ui.colored_label(
+            Color32::from_rgb(230, 160, 60),
+            format!(
+                "Model files missing in this folder: {}. Put the Arc2Face files there (see README) or choose another folder.",
+                state.missing_models.join(", ")
+            ),
+        );
+    }
+    for (index, notice) in state.notices.iter().enumerate() {
+        ui.horizontal(|ui| {
+            let color = if notice.is_error { Color32::from_rgb(235, 90, 90) } else { ui.visuals().text_color() };
+            ui.colored_label(color, &notice.text);
+            if ui.small_button("Dismiss").clicked() {
+                actions.push(Action::DismissNotice(index));
+            }
+        });
+    }
+}
+
+/// The photo with every face boxed and numbered; a click on a box selects that face.
+fn photo(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
+    ui.heading("Photo");
+    if let Some(path) = &state.analyzing {
+        ui.horizontal(|ui| {
+            ui.spinner();
+            ui.label(format!("Finding faces in {}…", path.display()));
+        });
+    }
+    let Some(photo) = &state.photo else {
+        ui.label("Drop a photo here, or Open photo… (Ctrl+O).");
+        return;
+    };
+    let width = ui.available_width().min(600.0);
+    let scale = width / photo.size[0] as f32;
+    let size = Vec2::new(width, photo.size[1] as f32 * scale);
+    let (rect, response) = ui.allocate_exact_size(size, Sense::click());
+    ui.painter().image(photo.texture.id(), rect, Rect::from_min_max(Pos2::ZERO, Pos2::new(1.0, 1.0)), Color32::WHITE);
+    let to_screen = |x: f32, y: f32| rect.min + Vec2::new(x * scale, y * scale);
+    for (index, face) in photo.faces.iter().enumerate() {
+        let selected = photo.selected_face == Some(index);
+        let color = if selected { Color32::from_rgb(80, 220, 120) } else { Color32::from_rgb(250, 200, 60) };
+        let face_rect = Rect::from_min_max(to_screen(face.bbox[0], face.bbox[1]), to_screen(face.bbox[2], face.bbox[3]));
+        ui.painter().rect_stroke(face_rect, 2.0, Stroke::new(if selected { 3.0 } else { 1.5 }, color), egui::StrokeKind::Outside);
+        ui.painter().text(face_rect.left_top(), Align2::LEFT_BOTTOM, format!("{}", index + 1), FontId::proportional(14.0), color);
+    }
+    if response.clicked()
+        && let Some(pointer) = response.interact_pointer_pos()
+    {
+        let (x, y) = ((pointer.x - rect.min.x) / scale, (pointer.y - rect.min.y) / scale);
+        // The smallest box under the pointer, so nested detections stay reachable.
+        let hit = (0..photo.faces.len())
+            .filter(|&i| {
+                let b = photo.faces[i].bbox;
+                x >= b[0] && x <= b[2] && y >= b[1] && y <= b[3]
+            })
+            .min_by(|&a, &b| photo.faces[a].area().total_cmp(&photo.faces[b].area()));
+        if let Some(index) = hit {
+            actions.push(Action::SelectFace(index));
+        }
+    }
+    ui.label(photo.path.display().to_string());
+    if photo.faces.is_empty() {
+        ui.colored_label(Color32::from_rgb(235, 90, 90), "No face found. Try a photo with more margin around the face.");
+        return;
+    }
+    ui.horizontal_wrapped(|ui| {
+        ui.label("Face:");
+        for (index, face) in photo.faces.iter().enumerate() {
+            let label = format!("Face {}", index + 1);
+            let button = ui.selectable_label(photo.selected_face == Some(index), label);
+            if button.on_hover_text(format!("detector score {:.2}", face.score)).clicked() {
+                actions.push(Action::SelectFace(index));
+            }
+        }
+    });
+}
+
+fn settings(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
+    ui.heading("Settings");
+    // Sliders edit a copy; a changed value comes back as an action.
+    let mut settings = state.settings.clone();
+    ui.add(egui::Slider::new(&mut settings.steps, 1..=100).text("Steps"));
+    ui.add(egui::Slider::new(&mut settings.guidance, 1.0..=10.0).fixed_decimals(1).text("Guidance"));
+    ui.add(egui::Slider::new(&mut settings.num_images, 1..=8).text("Images"));
+    ui.horizontal(|ui| {
+        let label = ui.label("Seed");
+        ui.add(egui::DragValue::new(&mut settings.seed).range(0..=u32::MAX as u64)).labelled_by(label.id);
+        ui.checkbox(&mut settings.seed_locked, "Lock").on_hover_text("Keep this seed; otherwise each Generate draws a new one");
+        if ui.button("New seed").on_hover_text("Draw a new random seed").clicked() {
+            actions.push(Action::NewSeed);
+        }
+    });
+    if settings.steps != state.settings.steps
+        || settings.guidance != state.settings.guidance
+        || settings.num_images != state.settings.num_images
+        || settings.seed != state.settings.seed
+        || settings.seed_locked != state.settings.seed_locked
+    {
+        actions.push(Action::UpdateSettings(Box::new(settings)));
+    }
+    ui.horizontal(|ui| {
+        let can_generate = state.photo.as_ref().is_some_and(|p| p.selected_face.is_some());
+        let generate = ui.add_enabled(can_generate, egui::Button::new(RichText::new("Generate").strong()));
+        if generate.on_hover_text("Ctrl+Enter").clicked() {
+            actions.push(Action::Generate);
+        }
+        let cancellable = state.running.as_ref().is_some_and(|r| !r.cancelling);
+        if ui.add_enabled(cancellable, egui::Button::new("Cancel")).on_hover_text("Esc").clicked() {
+            actions.push(Action::CancelRunning);
+        }
+    });
+}
+
+fn queue(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
+    if state.queue.is_empty() {
+        return;
+    }
+    ui.label(format!("Queued ({})", state.queue.len()));
+    for (position, job) in state.queue.iter().enumerate() {
+        ui.horizontal(|ui| {
+            ui.label(format!("{} image(s), {} steps, seed {}", job.num_images, job.steps, job.seed));
+            if position > 0 && ui.small_button("Up").on_hover_text("Run earlier").clicked() {
+                actions.push(Action::MoveQueuedUp(job.job_id));
+            }
+            if ui.small_button("Remove").on_hover_text("Remove from the queue").clicked() {
+                actions.push(Action::RemoveQueued(job.job_id));
+            }
+        });
+    }
+}
+
+/// The running job's live preview, or the gallery image opened large, or two side by side.
+fn central(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
+    let gallery = &state.gallery;
+    if let Some((a, b)) = gallery.comparing {
+        ui.horizontal(|ui| {
+            ui.heading("Compare");
+            if ui.button("Close").clicked() {
+                actions.push(Action::OpenEntry(None));
+            }
+        });
+        ui.columns(2, |columns| {
+            large_entry(&mut columns[0], state, a);
+            large_entry(&mut columns[1], state, b);
+        });
+        return;
+    }
+    if let Some(id) = gallery.opened {
+        ui.horizontal(|ui| {
+            ui.heading("Image");
+            if ui.button("Close").clicked() {
+                actions.push(Action::OpenEntry(None));
+            }
+            if ui.button("Use this image's seed").clicked() {
+                actions.push(Action::UseSeedOf(id));
+            }
+        });
+        large_entry(ui, state, id);
+        return;
+    }
+    match &state.running {
+        Some(running) => {
+            let request = &running.request;
+            ui.heading(format!("Generating image {} of {}", running.image_index + 1, request.num_images));
+            let total = (request.num_images * request.steps).max(1);
+            let eta = running.seconds_left().map(|s| format!(", about {s:.0} s left")).unwrap_or_default();
+            ui.add(
+                egui::ProgressBar::new(running.steps_done as f32 / total as f32)
+                    .text(format!("step {}/{} · {:.2} it/s{eta}", running.step, running.steps.max(request.steps), running.iterations_per_second())),
+            );
+            if running.cancelling {
+                ui.label("Cancelling after this step…");
+            }
+            if let Some(preview) = &running.preview {
+                let side = ui.available_width().min(ui.available_height()).max(64.0);
+                ui.add(egui::Image::new(preview).fit_to_exact_size(Vec2::splat(side)));
+            }
+        }
+        None => {
+            ui.centered_and_justified(|ui| {
+                ui.label("Pick a face and press Generate. Each step's preview appears here.");
+            });
+        }
+    }
+}
+
+fn large_entry(ui: &mut Ui, state: &AppState, id: u64) {
+    let Some(entry) = state.gallery.gallery.get(id) else { return };
+    ui.label(entry_caption(entry));
+    if let Some(texture) = state.gallery.thumbnails.get(&id) {
+        let side = ui.available_width().min(ui.available_height()).max(64.0);
+        ui.add(egui::Image::new(texture).fit_to_exact_size(Vec2::splat(side)));
+    }
+}
+
+fn entry_caption(entry: &crate::gallery::history::GalleryEntry) -> String {
+    let seed = entry.metadata.seed.map_or("—".to_string(), |s| s.to_string());
+    let matched = entry.identity_match.map_or(String::new(), |m| format!(" · match {m:.2}"));
+    format!("seed {seed}{matched}")
+}
+
+fn gallery(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
+    let gallery = &state.gallery;
+    let selected = gallery.selection.len();
+    ui.horizontal(|ui| {
+        ui.heading("Gallery");
+        ui.label(format!("{} image(s), {selected} selected", gallery.gallery.entries().len()));
+        ui.separator();
+        for (label, order) in [("Newest", SortOrder::Newest), ("Oldest", SortOrder::Oldest), ("Best match", SortOrder::BestMatch)] {
+            if ui.selectable_label(gallery.sort == order, label).clicked() {
+                actions.push(Action::SetSort(order));
+            }
+        }
+        ui.separator();
+        if ui.button("Select all").clicked() {
+            actions.push(Action::SelectAll);
+        }
+        if ui.add_enabled(selected == 2, egui::Button::new("Compare")).clicked() {
+            actions.push(Action::CompareSelected);
+        }
+        if ui.add_enabled(selected > 0, egui::Button::new("Export…")).on_hover_text("Ctrl+E").clicked() {
+            actions.push(Action::BrowseExport);
+        }
+        if ui.add_enabled(selected > 0, egui::Button::new("Delete")).on_hover_text("Delete key").clicked() {
+            actions.push(Action::DeleteSelected);
+        }
+        if ui.add_enabled(gallery.last_removed.is_some(), egui::Button::new("Undo delete")).clicked() {
+            actions.push(Action::UndoDelete);
+        }
+    });
+    egui::ScrollArea::vertical().show(ui, |ui| {
+        ui.horizontal_wrapped(|ui| {
+            for entry in gallery.gallery.sorted(gallery.sort) {
+                let id = entry.id;
+                let is_selected = gallery.selection.contains(&id);
+                ui.vertical(|ui| {
+                    let response = match gallery.thumbnails.get(&id) {
+                        Some(texture) => ui.add(
+                            egui::Button::image(egui::Image::new(texture).fit_to_exact_size(Vec2::splat(128.0)))
+                                .selected(is_selected),
+                        ),
+                        None => ui.add_sized([128.0, 128.0], egui::Button::new("loading").selected(is_selected)),
+                    };
+                    let response = response.on_hover_text("Click to select (Shift/Ctrl to extend), double-click to open");
+                    if response.double_clicked() {
+                        actions.push(Action::OpenEntry(Some(id)));
+                    } else if response.clicked() {
+                        let modifiers = ui.input(|i| i.modifiers);
+                        actions.push(Action::SelectEntry { id, extend: modifiers.shift, toggle: modifiers.command });
+                    }
+                    ui.horizontal(|ui| {
+                        ui.label(entry_caption(entry));
+                        if ui.selectable_label(entry.favourite, "Fav").on_hover_text("Favourite").clicked() {
+                            actions.push(Action::ToggleFavourite(id));
+                        }
+                    });
+                });
+            }
+        });
+    });
+}

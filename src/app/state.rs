@@ -1,0 +1,106 @@
+//! The app's state as plain data: what the panels read and what actions change.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use egui::TextureHandle;
+use serde::{Deserialize, Serialize};
+
+use crate::face::Face;
+use crate::gallery::history::{Gallery, Removed, SortOrder};
+use crate::worker::GenerationRequest;
+
+/// What persists across runs (eframe storage). Every field has a default, so a settings file
+/// from an older version never breaks start-up.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    pub steps: usize,
+    pub guidance: f64,
+    pub num_images: usize,
+    pub seed: u64,
+    /// Keep `seed` for the next generation instead of drawing a new one.
+    pub seed_locked: bool,
+    pub models_dir: Option<PathBuf>,
+    pub recent_photos: Vec<PathBuf>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self { steps: 25, guidance: 3.0, num_images: 4, seed: 0, seed_locked: false, models_dir: None, recent_photos: Vec::new() }
+    }
+}
+
+pub const MAX_RECENT_PHOTOS: usize = 8;
+
+/// The photo being worked on.
+pub struct PhotoState {
+    pub path: PathBuf,
+    pub texture: TextureHandle,
+    pub size: [usize; 2],
+    pub faces: Vec<Face>,
+    pub selected_face: Option<usize>,
+}
+
+/// The job the worker is running.
+pub struct RunningJob {
+    pub request: GenerationRequest,
+    pub started: Instant,
+    pub image_index: usize,
+    pub step: usize,
+    pub steps: usize,
+    /// Steps finished over the whole job, for it/s and the ETA.
+    pub steps_done: usize,
+    pub preview: Option<TextureHandle>,
+    pub cancelling: bool,
+}
+
+impl RunningJob {
+    pub fn iterations_per_second(&self) -> f64 {
+        self.steps_done as f64 / self.started.elapsed().as_secs_f64().max(1e-3)
+    }
+
+    pub fn seconds_left(&self) -> Option<f64> {
+        let total = self.request.num_images * self.request.steps;
+        let rate = self.iterations_per_second();
+        (self.steps_done > 0 && rate > 0.0).then(|| (total - self.steps_done) as f64 / rate)
+    }
+}
+
+/// A message to the user; errors stay until dismissed.
+pub struct Notice {
+    pub text: String,
+    pub is_error: bool,
+}
+
+pub struct GalleryState {
+    pub gallery: Gallery,
+    pub selection: BTreeSet<u64>,
+    /// The entry shift-click extends a selection from.
+    pub anchor: Option<u64>,
+    pub sort: SortOrder,
+    pub thumbnails: std::collections::HashMap<u64, TextureHandle>,
+    pub last_removed: Option<Removed>,
+    /// Shown large in the central panel when set.
+    pub opened: Option<u64>,
+    /// Two entries side by side.
+    pub comparing: Option<(u64, u64)>,
+}
+
+pub struct AppState {
+    pub settings: Settings,
+    pub models_dir: PathBuf,
+    /// Files of the models folder that are missing, checked at start and when it changes.
+    pub missing_models: Vec<&'static str>,
+    pub photo: Option<PhotoState>,
+    /// A photo sent to the worker and not yet analysed.
+    pub analyzing: Option<PathBuf>,
+    pub queue: VecDeque<GenerationRequest>,
+    pub running: Option<RunningJob>,
+    pub next_job_id: u64,
+    /// What the worker said it is busy with (loading models).
+    pub busy: Option<String>,
+    pub notices: Vec<Notice>,
+    pub gallery: GalleryState,
+}

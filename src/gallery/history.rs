@@ -1,0 +1,475 @@
+//! The persistent gallery: every generated image kept across runs in one folder.
+//!
+//! The folder holds the PNGs (written by [`metadata::write_png`], so each one carries its own
+//! generation metadata) and `gallery.json`, an index that adds what a PNG cannot say about
+//! itself: its id, when it was made, whether it is a favourite and how well it matches the chosen
+//! face. The PNGs are the ground truth; the index is rebuilt or repaired from them on [`Gallery::open`]
+//! whenever it is missing, damaged or out of step, so a crash or kill at any point loses no image
+//! that was already written.
+//!
+//! Every change writes the whole index to `gallery.json.tmp`, syncs it and renames it over
+//! `gallery.json`, and only then updates the in-memory state: a failed write (full disk, read-only
+//! folder) leaves both the previous index and the `Gallery` as they were.
+
+use std::collections::HashSet;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use image::RgbImage;
+use serde::{Deserialize, Serialize};
+
+use crate::gallery::metadata::{self, GenerationMetadata};
+
+const INDEX_FILE: &str = "gallery.json";
+const INDEX_VERSION: u32 = 1;
+const TRASH_DIR: &str = "trash";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GalleryEntry {
+    /// Unique and increasing in insertion order; never reused, even after deletes.
+    pub id: u64,
+    /// The PNG, directly inside the gallery folder.
+    pub file_name: String,
+    pub metadata: GenerationMetadata,
+    pub created_unix_ms: u64,
+    #[serde(default)]
+    pub favourite: bool,
+    /// Cosine similarity with the chosen face, when it was measured.
+    #[serde(default)]
+    pub identity_match: Option<f32>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SortOrder {
+    #[default]
+    Newest,
+    Oldest,
+    /// Highest identity match first; unmeasured entries last; ties newest first.
+    BestMatch,
+}
+
+/// The on-disk index.
+#[derive(Serialize, Deserialize)]
+struct Index {
+    version: u32,
+    next_id: u64,
+    entries: Vec<GalleryEntry>,
+}
+
+/// What [`Gallery::remove`] took away, for [`Gallery::undo_remove`]. The PNGs wait in `trash/`
+/// until the gallery is next opened.
+#[derive(Debug)]
+pub struct Removed {
+    entries: Vec<GalleryEntry>,
+}
+
+impl Removed {
+    /// The removed entries, in gallery order.
+    pub fn entries(&self) -> &[GalleryEntry] {
+        &self.entries
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GalleryError {
+    #[error("could not {action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// Writing a new PNG failed; the error names the file.
+    #[error(transparent)]
+    WritePng(#[from] metadata::WriteError),
+    #[error("no image with id {id} in the gallery {}", dir.display())]
+    UnknownId { id: u64, dir: PathBuf },
+    #[error("identity match {score} for image {id} in {} is not a finite number", dir.display())]
+    InvalidScore { id: u64, score: f32, dir: PathBuf },
+}
+
+/// Builds the `map_err` closure for an I/O step on `path`.
+fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> GalleryError {
+    let path = path.to_path_buf();
+    move |source| GalleryError::Io { action, path, source }
+}
+
+pub struct Gallery {
+    dir: PathBuf,
+    /// Sorted by id, which is insertion order (ids only grow).
+    entries: Vec<GalleryEntry>,
+    next_id: u64,
+}
+
+impl Gallery {
+    /// Opens the gallery in `dir`, creating the folder if needed, and brings the index in step
+    /// with the PNGs that are actually there (see the module docs). Empties the trash: undo only
+    /// lasts for a session.
+    pub fn open(dir: &Path) -> Result<Self, GalleryError> {
+        std::fs::create_dir_all(dir).map_err(io_error("create the gallery folder", dir))?;
+        // Failing to empty the trash must not keep the gallery from opening: what is left there
+        // is never read back, and the next open tries again.
+        let _ = std::fs::remove_dir_all(dir.join(TRASH_DIR));
+
+        let (loaded, mut dirty) = match read_index(dir)? {
+            Some(index) => (index, false),
+            None => (Index { version: INDEX_VERSION, next_id: 1, entries: Vec::new() }, true),
+        };
+
+        // Keep the entries whose PNG is still there; drop duplicates and names that point
+        // anywhere but a PNG directly in this folder (a damaged or hand-edited index must not
+        // make remove or export reach outside it).
+        let mut seen_ids = HashSet::new();
+        let mut seen_names = HashSet::new();
+        let mut entries = Vec::with_capacity(loaded.entries.len());
+        for entry in loaded.entries {
+            let keep = is_gallery_png(&entry.file_name)
+                && dir.join(&entry.file_name).is_file()
+                && seen_ids.insert(entry.id)
+                && seen_names.insert(entry.file_name.clone());
+            if keep {
+                entries.push(entry);
+            } else {
+                dirty = true;
+            }
+        }
+        entries.sort_by_key(|entry| entry.id);
+
+        // Ids are never reused, even if the stored next_id was wrong.
+        let mut next_id = loaded.next_id.max(entries.last().map_or(1, |entry| entry.id + 1));
+        dirty |= next_id != loaded.next_id;
+
+        // PNGs of ours that the index does not know: a crash between writing a PNG and writing
+        // the index, or an index that was lost. They join at the end, oldest first.
+        for (file_name, metadata, created_unix_ms) in unindexed_pngs(dir, &seen_names)? {
+            entries.push(GalleryEntry { id: next_id, file_name, metadata, created_unix_ms, favourite: false, identity_match: None });
+            next_id += 1;
+            dirty = true;
+        }
+
+        let index = Index { version: INDEX_VERSION, next_id, entries };
+        if dirty {
+            write_index(dir, &index)?;
+        }
+        Ok(Self { dir: dir.to_path_buf(), entries: index.entries, next_id: index.next_id })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// All entries in insertion order.
+    pub fn entries(&self) -> &[GalleryEntry] {
+        &self.entries
+    }
+
+    pub fn sorted(&self, order: SortOrder) -> Vec<&GalleryEntry> {
+        let newest_first = |a: &&GalleryEntry, b: &&GalleryEntry| (b.created_unix_ms, b.id).cmp(&(a.created_unix_ms, a.id));
+        let mut sorted: Vec<&GalleryEntry> = self.entries.iter().collect();
+        match order {
+            SortOrder::Newest => sorted.sort_by(newest_first),
+            SortOrder::Oldest => sorted.sort_by(|a, b| newest_first(b, a)),
+            SortOrder::BestMatch => sorted.sort_by(|a, b| match (a.identity_match, b.identity_match) {
+                (Some(x), Some(y)) => y.total_cmp(&x).then_with(|| newest_first(a, b)),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (None, None) => newest_first(a, b),
+            }),
+        }
+        sorted
+    }
+
+    pub fn get(&self, id: u64) -> Option<&GalleryEntry> {
+        self.position(id).ok().map(|i| &self.entries[i])
+    }
+
+    pub fn path(&self, entry: &GalleryEntry) -> PathBuf {
+        self.dir.join(&entry.file_name)
+    }
+
+    /// Writes `image` with its metadata as a new PNG and records it. On error nothing changes:
+    /// a PNG written before the index failed is deleted again.
+    pub fn add(&mut self, image: &RgbImage, metadata: GenerationMetadata, identity_match: Option<f32>) -> Result<&GalleryEntry, GalleryError> {
+        let id = self.next_id;
+        if let Some(score) = identity_match {
+            self.check_score(id, score)?;
+        }
+        let stem = metadata.seed.map_or_else(|| format!("image{id}"), |seed| format!("seed{seed}"));
+        let path = metadata::write_png(&self.dir, &stem, image, &metadata)?;
+        let entry = GalleryEntry { id, file_name: file_name_of(&path), metadata, created_unix_ms: now_unix_ms(), favourite: false, identity_match };
+
+        let mut entries = self.entries.clone();
+        entries.push(entry);
+        if let Err(error) = self.commit(entries, id + 1) {
+            let _ = std::fs::remove_file(&path);
+            return Err(error);
+        }
+        Ok(&self.entries[self.entries.len() - 1])
+    }
+
+    pub fn set_identity_match(&mut self, id: u64, score: f32) -> Result<(), GalleryError> {
+        self.check_score(id, score)?;
+        self.update(id, |entry| entry.identity_match = Some(score))
+    }
+
+    pub fn set_favourite(&mut self, id: u64, favourite: bool) -> Result<(), GalleryError> {
+        self.update(id, |entry| entry.favourite = favourite)
+    }
+
+    /// Removes the entries and moves their PNGs to `trash/`, where [`Gallery::undo_remove`] finds
+    /// them until the gallery is next opened. All or nothing: on error every PNG is back in place.
+    pub fn remove(&mut self, ids: &[u64]) -> Result<Removed, GalleryError> {
+        let wanted: HashSet<u64> = ids.iter().copied().collect();
+        for &id in &wanted {
+            self.position(id).map_err(|_| self.unknown(id))?;
+        }
+        let (removed, kept): (Vec<GalleryEntry>, Vec<GalleryEntry>) =
+            self.entries.iter().cloned().partition(|entry| wanted.contains(&entry.id));
+
+        let trash = self.dir.join(TRASH_DIR);
+        std::fs::create_dir_all(&trash).map_err(io_error("create the trash folder", &trash))?;
+        // The files move first: a crash before the index is written then looks, on the next
+        // open, like PNGs that disappeared, and the removal completes. The other way round the
+        // images would come back without their ids and favourites.
+        let mut moved: Vec<(PathBuf, PathBuf)> = Vec::new();
+        for entry in &removed {
+            let (from, to) = (self.path(entry), self.trash_path(entry));
+            match std::fs::rename(&from, &to) {
+                Ok(()) => moved.push((to, from)),
+                // Already gone: there is nothing to move, and the entry goes all the same.
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                Err(error) => {
+                    move_back(&moved);
+                    return Err(io_error("move to the trash", &from)(error));
+                }
+            }
+        }
+        if let Err(error) = self.commit(kept, self.next_id) {
+            move_back(&moved);
+            return Err(error);
+        }
+        Ok(Removed { entries: removed })
+    }
+
+    /// Puts removed entries back with their ids, in their place in insertion order. A PNG whose
+    /// name was taken meanwhile (a new image with the same seed) comes back as `name-2.png`…;
+    /// an entry whose PNG is no longer in the trash cannot come back and is left out.
+    pub fn undo_remove(&mut self, removed: Removed) -> Result<(), GalleryError> {
+        let mut entries = self.entries.clone();
+        let mut moved: Vec<(PathBuf, PathBuf)> = Vec::new();
+        for mut entry in removed.entries {
+            let from = self.trash_path(&entry);
+            if self.position(entry.id).is_ok() || !from.is_file() {
+                continue;
+            }
+            let to = match put_back(&from, &self.dir, &entry.file_name) {
+                Ok(to) => to,
+                Err(error) => {
+                    move_back(&moved);
+                    return Err(error);
+                }
+            };
+            entry.file_name = file_name_of(&to);
+            moved.push((to, from));
+            let at = entries.partition_point(|other| other.id < entry.id);
+            entries.insert(at, entry);
+        }
+        if let Err(error) = self.commit(entries, self.next_id) {
+            move_back(&moved);
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    /// Copies the PNGs (with their metadata chunks) into `dest`, creating it if needed, under
+    /// their gallery names or, when taken, `name-2.png`, `name-3.png`…; never overwrites. Each copy
+    /// appears whole or not at all; copies made before an error stay.
+    pub fn export(&self, ids: &[u64], dest: &Path) -> Result<Vec<PathBuf>, GalleryError> {
+        let entries = ids
+            .iter()
+            .map(|&id| self.position(id).map(|i| &self.entries[i]).map_err(|_| self.unknown(id)))
+            .collect::<Result<Vec<_>, _>>()?;
+        std::fs::create_dir_all(dest).map_err(io_error("create the export folder", dest))?;
+        let mut exported = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let target = reserve_name(dest, &entry.file_name).map_err(io_error("export into", dest))?;
+            let temporary = dest.join(format!(".{}.part", file_name_of(&target)));
+            let source = self.path(entry);
+            let copied = std::fs::copy(&source, &temporary)
+                .and_then(|_| std::fs::File::open(&temporary)?.sync_all())
+                .and_then(|()| std::fs::rename(&temporary, &target));
+            if let Err(error) = copied {
+                let _ = std::fs::remove_file(&temporary);
+                let _ = std::fs::remove_file(&target);
+                return Err(io_error("export", &source)(error));
+            }
+            exported.push(target);
+        }
+        Ok(exported)
+    }
+
+    /// Applies `change` to one entry and saves.
+    fn update(&mut self, id: u64, change: impl FnOnce(&mut GalleryEntry)) -> Result<(), GalleryError> {
+        let at = self.position(id).map_err(|_| self.unknown(id))?;
+        let mut entries = self.entries.clone();
+        change(&mut entries[at]);
+        self.commit(entries, self.next_id)
+    }
+
+    /// Writes the new state as the index, atomically, and adopts it only once it is on disk.
+    fn commit(&mut self, entries: Vec<GalleryEntry>, next_id: u64) -> Result<(), GalleryError> {
+        let index = Index { version: INDEX_VERSION, next_id, entries };
+        write_index(&self.dir, &index)?;
+        self.entries = index.entries;
+        self.next_id = index.next_id;
+        Ok(())
+    }
+
+    fn position(&self, id: u64) -> Result<usize, usize> {
+        self.entries.binary_search_by_key(&id, |entry| entry.id)
+    }
+
+    fn unknown(&self, id: u64) -> GalleryError {
+        GalleryError::UnknownId { id, dir: self.dir.clone() }
+    }
+
+    /// A NaN would be written as `null` and come back as "not measured".
+    fn check_score(&self, id: u64, score: f32) -> Result<(), GalleryError> {
+        if score.is_finite() { Ok(()) } else { Err(GalleryError::InvalidScore { id, score, dir: self.dir.clone() }) }
+    }
+
+    /// Trashed files carry their id, so that a later image under the same name can be removed
+    /// too without replacing the first one in the trash.
+    fn trash_path(&self, entry: &GalleryEntry) -> PathBuf {
+        self.dir.join(TRASH_DIR).join(format!("{}-{}", entry.id, entry.file_name))
+    }
+}
+
+/// Reads `gallery.json`: `None` when it is missing, or when it is damaged (not our JSON, or
+/// another version), in which case it is first kept aside as `gallery.json.corrupt-<unix ms>`
+/// so nothing is lost, and the caller rebuilds the index from the PNGs.
+fn read_index(dir: &Path) -> Result<Option<Index>, GalleryError> {
+    let path = dir.join(INDEX_FILE);
+    let text = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(io_error("read the gallery index", &path)(error)),
+    };
+    match serde_json::from_slice::<Index>(&text) {
+        Ok(index) if index.version == INDEX_VERSION => Ok(Some(index)),
+        _ => {
+            let backup = dir.join(format!("{INDEX_FILE}.corrupt-{}", now_unix_ms()));
+            std::fs::rename(&path, &backup).map_err(io_error("set aside the damaged gallery index", &path))?;
+            Ok(None)
+        }
+    }
+}
+
+/// Writes `gallery.json.tmp`, syncs it and renames it over `gallery.json`, so the index on disk
+/// is always either the previous one or the new one, whole.
+fn write_index(dir: &Path, index: &Index) -> Result<(), GalleryError> {
+    let path = dir.join(INDEX_FILE);
+    let temporary = dir.join(format!("{INDEX_FILE}.tmp"));
+    let written = serde_json::to_vec_pretty(index)
+        .map_err(io::Error::other)
+        .and_then(|json| {
+            let mut file = std::fs::File::create(&temporary)?;
+            file.write_all(&json)?;
+            file.sync_all()
+        })
+        .map_err(io_error("write", &temporary))
+        .and_then(|()| std::fs::rename(&temporary, &path).map_err(io_error("replace", &path)));
+    if let Err(error) = written {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(error);
+    }
+    sync_dir(dir);
+    Ok(())
+}
+
+/// Makes the rename itself durable. Best effort: the new index is already in place, and not
+/// every platform can open a folder to sync it.
+fn sync_dir(dir: &Path) {
+    if let Ok(folder) = std::fs::File::open(dir) {
+        let _ = folder.sync_all();
+    }
+}
+
+/// The PNGs in `dir` that are not in `known` and carry our metadata, with their modification
+/// time as creation time, oldest first. Files that cannot be read as such (other people's PNGs,
+/// the empty placeholder of a PNG write cut short) are not ours and are left alone.
+fn unindexed_pngs(dir: &Path, known: &HashSet<String>) -> Result<Vec<(String, GenerationMetadata, u64)>, GalleryError> {
+    let listing = std::fs::read_dir(dir).map_err(io_error("list the gallery folder", dir))?;
+    let mut found = Vec::new();
+    for item in listing {
+        let item = item.map_err(io_error("list the gallery folder", dir))?;
+        let Ok(file_name) = item.file_name().into_string() else { continue };
+        if !is_gallery_png(&file_name) || known.contains(&file_name) {
+            continue;
+        }
+        let path = item.path();
+        let Ok(Some(metadata)) = metadata::read_metadata(&path) else { continue };
+        let created_unix_ms = item.metadata().and_then(|m| m.modified()).map_or_else(|_| now_unix_ms(), unix_ms);
+        found.push((file_name, metadata, created_unix_ms));
+    }
+    found.sort_by(|a, b| (a.2, &a.0).cmp(&(b.2, &b.0)));
+    Ok(found)
+}
+
+/// A name the gallery may hold: a `.png` directly inside the folder, nothing with a path in it.
+fn is_gallery_png(name: &str) -> bool {
+    let path = Path::new(name);
+    let mut components = path.components();
+    let plain = matches!((components.next(), components.next()), (Some(std::path::Component::Normal(_)), None));
+    plain && path.extension().is_some_and(|ext| ext.eq_ignore_ascii_case("png"))
+}
+
+/// Creates an empty file under the first free name among `file_name`, `stem-2.ext`,
+/// `stem-3.ext`… in `dir`, for the caller to rename the real file onto: `create_new` makes the
+/// choice safe against anyone else writing there at the same time.
+fn reserve_name(dir: &Path, file_name: &str) -> io::Result<PathBuf> {
+    let path = Path::new(file_name);
+    let stem = path.file_stem().map_or_else(|| file_name.into(), |s| s.to_string_lossy());
+    let ext = path.extension().map_or_else(String::new, |e| format!(".{}", e.to_string_lossy()));
+    for n in 1.. {
+        let candidate = dir.join(if n == 1 { file_name.to_string() } else { format!("{stem}-{n}{ext}") });
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(&candidate) {
+            Ok(_) => return Ok(candidate),
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(error) => return Err(error),
+        }
+    }
+    unreachable!("the loop returns")
+}
+
+/// Moves a trashed PNG back into `dir` under `file_name`, or the next free name.
+fn put_back(from: &Path, dir: &Path, file_name: &str) -> Result<PathBuf, GalleryError> {
+    let to = reserve_name(dir, file_name).map_err(io_error("restore a file into", dir))?;
+    if let Err(error) = std::fs::rename(from, &to) {
+        let _ = std::fs::remove_file(&to);
+        return Err(io_error("restore", from)(error));
+    }
+    Ok(to)
+}
+
+/// Undoes renames done so far after a later step failed. Best effort: the error being
+/// returned is the one the caller needs to see.
+fn move_back(moved: &[(PathBuf, PathBuf)]) {
+    for (now, before) in moved.iter().rev() {
+        let _ = std::fs::rename(now, before);
+    }
+}
+
+fn file_name_of(path: &Path) -> String {
+    path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+fn now_unix_ms() -> u64 {
+    unix_ms(SystemTime::now())
+}
+
+/// A clock set before 1970 gives 0 rather than failing.
+fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,175 @@
+//! The desktop app driven through its accessibility tree with egui_kittest, on the tiny models:
+//! drop a photo, pick a face, generate, watch previews, fill the gallery, export, cancel, and
+//! the error paths. The worker thread runs for real; the tests step frames until it answers.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc2face_studio::app::{Action, StudioApp};
+use arc2face_studio::gallery::metadata;
+use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable;
+
+#[derive(Debug)]
+struct DroppedPath(PathBuf);
+
+impl egui::DroppedFile for DroppedPath {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+    fn bytes(&self) -> Result<Vec<u8>, String> {
+        std::fs::read(&self.0).map_err(|e| e.to_string())
+    }
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn photo(name: &str) -> PathBuf {
+    root().join("tests/fixtures/faces/photos").join(name)
+}
+
+/// Tiny generation models, the tiny detector, and a recognizer whose 24 values fit the tiny
+/// encoder.
+fn models(dir: &Path) -> PathBuf {
+    let models = dir.join("models");
+    let generation = root().join("tests/fixtures/tiny/models");
+    for sub in ["arc2face", "encoder", "vae", "scheduler"] {
+        std::fs::create_dir_all(models.join(sub)).unwrap();
+        for entry in std::fs::read_dir(generation.join(sub)).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), models.join(sub).join(entry.file_name())).unwrap();
+        }
+    }
+    std::fs::create_dir_all(models.join("antelopev2")).unwrap();
+    let faces = root().join("tests/fixtures/faces");
+    std::fs::copy(faces.join("models/antelopev2/scrfd_10g_bnkps.onnx"), models.join("antelopev2/scrfd_10g_bnkps.onnx")).unwrap();
+    std::fs::copy(faces.join("arcface_d24.onnx"), models.join("arcface.onnx")).unwrap();
+    models
+}
+
+fn harness(models: PathBuf, gallery: PathBuf) -> Harness<'static, StudioApp> {
+    Harness::builder()
+        .with_size([1280.0, 800.0])
+        .build_eframe(move |cc| StudioApp::new(cc, Some(models), gallery, Vec::new()))
+}
+
+/// Steps frames until `done` holds, failing after a generous timeout.
+fn run_until(harness: &mut Harness<'_, StudioApp>, what: &str, done: impl Fn(&StudioApp) -> bool) {
+    let started = Instant::now();
+    while !done(harness.state()) {
+        let notices = notices(harness.state());
+        assert!(started.elapsed() < Duration::from_secs(60), "timed out waiting for {what}; notices: {notices:?}");
+        harness.step();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    harness.step();
+}
+
+fn drop_photo(harness: &mut Harness<'_, StudioApp>, path: PathBuf) {
+    harness.input_mut().dropped_files.push(Arc::new(DroppedPath(path)));
+    harness.step();
+}
+
+fn notices(app: &StudioApp) -> Vec<String> {
+    app.state.notices.iter().map(|n| n.text.clone()).collect()
+}
+
+#[test]
+fn drop_pick_generate_watch_and_export() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut harness = harness(models(dir.path()), dir.path().join("gallery"));
+    drop_photo(&mut harness, photo("astronaut.jpg"));
+    run_until(&mut harness, "faces", |app| app.state.photo.is_some());
+    let photo_state = harness.state().state.photo.as_ref().unwrap();
+    assert_eq!(photo_state.faces.len(), 7);
+    let largest = arc2face_studio::face::largest_face(&photo_state.faces);
+    assert_eq!(photo_state.selected_face, largest, "the largest face is preselected");
+
+    harness.get_by_label("Face 2").click();
+    harness.step();
+    assert_eq!(harness.state().state.photo.as_ref().unwrap().selected_face, Some(1));
+
+    {
+        let settings = &mut harness.state_mut().state.settings;
+        settings.num_images = 2;
+        settings.steps = 3;
+        settings.seed = 42;
+        settings.seed_locked = true;
+    }
+    harness.get_by_label("Generate").click();
+    harness.step();
+    run_until(&mut harness, "a step preview", |app| app.state.running.as_ref().is_some_and(|r| r.preview.is_some()) || app.state.gallery.gallery.entries().len() == 2);
+    run_until(&mut harness, "the gallery", |app| app.state.running.is_none() && app.state.gallery.gallery.entries().len() == 2);
+    let seeds: Vec<Option<u64>> = harness.state().state.gallery.gallery.entries().iter().map(|e| e.metadata.seed).collect();
+    assert_eq!(seeds, [Some(42), Some(43)], "image i uses seed + i");
+    assert!(notices(harness.state()).is_empty(), "{:?}", notices(harness.state()));
+
+    harness.get_by_label("Select all").click();
+    harness.step();
+    assert_eq!(harness.state().state.gallery.selection.len(), 2);
+    let export = dir.path().join("export");
+    harness.state_mut().apply(Action::ExportTo(export.clone()));
+    harness.step();
+    let exported: Vec<PathBuf> = std::fs::read_dir(&export).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(exported.len(), 2);
+    for path in exported {
+        let meta = metadata::read_metadata(&path).unwrap().expect("metadata travels with the export");
+        assert_eq!((meta.steps, meta.guidance), (3, 3.0));
+        assert!(meta.identity_source.contains("astronaut.jpg (face 1)"), "{}", meta.identity_source);
+    }
+
+    // History is kept across runs.
+    drop(harness);
+    let harness = self::harness(models(dir.path()), dir.path().join("gallery"));
+    assert_eq!(harness.state().state.gallery.gallery.entries().len(), 2);
+}
+
+#[test]
+fn cancel_stops_within_a_step_and_keeps_finished_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut harness = harness(models(dir.path()), dir.path().join("gallery"));
+    drop_photo(&mut harness, photo("astronaut.jpg"));
+    run_until(&mut harness, "faces", |app| app.state.photo.is_some());
+    {
+        let settings = &mut harness.state_mut().state.settings;
+        settings.num_images = 3;
+        settings.steps = 100;
+    }
+    harness.get_by_label("Generate").click();
+    run_until(&mut harness, "the second image", |app| app.state.running.as_ref().is_some_and(|r| r.image_index == 1 && r.step >= 1));
+    harness.get_by_label("Cancel").click();
+    run_until(&mut harness, "the cancellation", |app| app.state.running.is_none());
+    assert_eq!(harness.state().state.gallery.gallery.entries().len(), 1, "the finished image is kept");
+    assert!(notices(harness.state()).iter().any(|n| n.contains("cancelled")));
+}
+
+#[test]
+fn a_photo_without_a_face_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut harness = harness(models(dir.path()), dir.path().join("gallery"));
+    drop_photo(&mut harness, photo("no_face.png"));
+    run_until(&mut harness, "the analysis", |app| app.state.photo.is_some());
+    assert!(notices(harness.state()).iter().any(|n| n.starts_with("No face found in no_face.png")));
+    assert!(harness.query_by_label("Generate").is_some());
+    assert!(harness.query_by_label("Face 1").is_none());
+}
+
+#[test]
+fn a_missing_models_folder_is_explained_and_the_app_stays_usable() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut harness = harness(dir.path().join("nowhere"), dir.path().join("gallery"));
+    assert!(harness.query_by_label_contains("Model files missing").is_some());
+    drop_photo(&mut harness, photo("astronaut.jpg"));
+    run_until(&mut harness, "the analysis", |app| app.state.analyzing.is_none());
+    assert!(notices(harness.state()).iter().any(|n| n.contains("scrfd_10g_bnkps.onnx: missing")), "{:?}", notices(harness.state()));
+    // A broken photo after that still gives its own clear message.
+    let broken = dir.path().join("broken.jpg");
+    std::fs::write(&broken, "not a photo").unwrap();
+    harness.state_mut().apply(Action::SetModelsDir(models(dir.path())));
+    drop_photo(&mut harness, broken);
+    run_until(&mut harness, "the analysis", |app| app.state.analyzing.is_none());
+    assert!(notices(harness.state()).iter().any(|n| n.contains("not an image")), "{:?}", notices(harness.state()));
+}
