@@ -195,7 +195,6 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         Ok(())
     };
     pipeline.run(&job, &mut on_step, &mut on_image)?;
-    drop(on_image);
 
     if let Some(path) = &args.latents_out {
         Tensor::cat(&final_latents, 0)?
@@ -241,7 +240,7 @@ fn identity_from_photos(args: &GenerateArgs) -> anyhow::Result<(Vec<f32>, String
             bail!("{}: --face {index} but the photo has {} face(s), numbered from 0", path.display(), faces.len());
         }
         embeddings.push(faces.swap_remove(index).embedding);
-        sources.push(format!("{} (face {index})", file_name(path)));
+        sources.push(face::identity_source(path, index));
     }
     Ok((face::mean_identity(&embeddings), sources.join(", ")))
 }

@@ -2,6 +2,8 @@
 //! drop a photo, pick a face, generate, watch previews, fill the gallery, export, cancel, and
 //! the error paths. The worker thread runs for real; the tests step frames until it answers.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,25 +31,6 @@ fn root() -> PathBuf {
 
 fn photo(name: &str) -> PathBuf {
     root().join("tests/fixtures/faces/photos").join(name)
-}
-
-/// Tiny generation models, the tiny detector, and a recognizer whose 24 values fit the tiny
-/// encoder.
-fn models(dir: &Path) -> PathBuf {
-    let models = dir.join("models");
-    let generation = root().join("tests/fixtures/tiny/models");
-    for sub in ["arc2face", "encoder", "vae", "scheduler"] {
-        std::fs::create_dir_all(models.join(sub)).unwrap();
-        for entry in std::fs::read_dir(generation.join(sub)).unwrap() {
-            let entry = entry.unwrap();
-            std::fs::copy(entry.path(), models.join(sub).join(entry.file_name())).unwrap();
-        }
-    }
-    std::fs::create_dir_all(models.join("antelopev2")).unwrap();
-    let faces = root().join("tests/fixtures/faces");
-    std::fs::copy(faces.join("models/antelopev2/scrfd_10g_bnkps.onnx"), models.join("antelopev2/scrfd_10g_bnkps.onnx")).unwrap();
-    std::fs::copy(faces.join("arcface_d24.onnx"), models.join("arcface.onnx")).unwrap();
-    models
 }
 
 fn harness(models: PathBuf, gallery: PathBuf) -> Harness<'static, StudioApp> {
@@ -80,7 +63,7 @@ fn notices(app: &StudioApp) -> Vec<String> {
 #[test]
 fn drop_pick_generate_watch_and_export() {
     let dir = tempfile::tempdir().unwrap();
-    let mut harness = harness(models(dir.path()), dir.path().join("gallery"));
+    let mut harness = harness(common::generation_and_face_models(dir.path()), dir.path().join("gallery"));
     drop_photo(&mut harness, photo("astronaut.jpg"));
     run_until(&mut harness, "faces", |app| app.state.photo.is_some());
     let photo_state = harness.state().state.photo.as_ref().unwrap();
@@ -123,14 +106,14 @@ fn drop_pick_generate_watch_and_export() {
 
     // History is kept across runs.
     drop(harness);
-    let harness = self::harness(models(dir.path()), dir.path().join("gallery"));
+    let harness = self::harness(common::generation_and_face_models(dir.path()), dir.path().join("gallery"));
     assert_eq!(harness.state().state.gallery.gallery.entries().len(), 2);
 }
 
 #[test]
 fn cancel_stops_within_a_step_and_keeps_finished_images() {
     let dir = tempfile::tempdir().unwrap();
-    let mut harness = harness(models(dir.path()), dir.path().join("gallery"));
+    let mut harness = harness(common::generation_and_face_models(dir.path()), dir.path().join("gallery"));
     drop_photo(&mut harness, photo("astronaut.jpg"));
     run_until(&mut harness, "faces", |app| app.state.photo.is_some());
     {
@@ -149,7 +132,7 @@ fn cancel_stops_within_a_step_and_keeps_finished_images() {
 #[test]
 fn a_photo_without_a_face_says_so() {
     let dir = tempfile::tempdir().unwrap();
-    let mut harness = harness(models(dir.path()), dir.path().join("gallery"));
+    let mut harness = harness(common::generation_and_face_models(dir.path()), dir.path().join("gallery"));
     drop_photo(&mut harness, photo("no_face.png"));
     run_until(&mut harness, "the analysis", |app| app.state.photo.is_some());
     assert!(notices(harness.state()).iter().any(|n| n.starts_with("No face found in no_face.png")));
@@ -168,7 +151,7 @@ fn a_missing_models_folder_is_explained_and_the_app_stays_usable() {
     // A broken photo after that still gives its own clear message.
     let broken = dir.path().join("broken.jpg");
     std::fs::write(&broken, "not a photo").unwrap();
-    harness.state_mut().apply(Action::SetModelsDir(models(dir.path())));
+    harness.state_mut().apply(Action::SetModelsDir(common::generation_and_face_models(dir.path())));
     drop_photo(&mut harness, broken);
     run_until(&mut harness, "the analysis", |app| app.state.analyzing.is_none());
     assert!(notices(harness.state()).iter().any(|n| n.contains("not an image")), "{:?}", notices(harness.state()));

@@ -2,6 +2,8 @@
 //! photos (tests/fixtures/faces, written by tools/make_face_fixtures.py). Needs ONNX Runtime:
 //! scripts/test provisions it and sets ORT_DYLIB_PATH.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -159,28 +161,10 @@ fn faces_cli_prints_every_face_as_json() {
     assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "[]");
 }
 
-/// The tiny generation models with the tiny detector and a 24-d recognizer (the tiny encoder
-/// takes at most 32 values).
-fn generation_and_face_models(dir: &Path) -> PathBuf {
-    let models = dir.join("models");
-    let generation = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny/models");
-    for sub in ["arc2face", "encoder", "vae", "scheduler"] {
-        std::fs::create_dir_all(models.join(sub)).unwrap();
-        for entry in std::fs::read_dir(generation.join(sub)).unwrap() {
-            let entry = entry.unwrap();
-            std::fs::copy(entry.path(), models.join(sub).join(entry.file_name())).unwrap();
-        }
-    }
-    std::fs::create_dir_all(models.join("antelopev2")).unwrap();
-    std::fs::copy(fixture().join("models/antelopev2/scrfd_10g_bnkps.onnx"), models.join("antelopev2/scrfd_10g_bnkps.onnx")).unwrap();
-    std::fs::copy(fixture().join("arcface_d24.onnx"), models.join("arcface.onnx")).unwrap();
-    models
-}
-
 #[test]
 fn generate_from_a_photo_uses_insightfaces_embedding_of_the_largest_face() {
     let dir = tempfile::tempdir().unwrap();
-    let models = generation_and_face_models(dir.path());
+    let models = common::generation_and_face_models(dir.path());
     let noise = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny/reference/gen_noise.npy");
     let generate = |identity: &[&str], name: &str| -> Tensor {
         let latents = dir.path().join(format!("{name}.npy"));

@@ -272,7 +272,7 @@ impl StudioApp {
         let request = GenerationRequest {
             job_id: state.next_job_id,
             identity: face.embedding.iter().map(|v| v / norm).collect(),
-            identity_source: format!("{} (face {face_index})", file_name(&photo.path)),
+            identity_source: crate::face::identity_source(&photo.path, face_index),
             num_images: state.settings.num_images,
             steps: state.settings.steps,
             guidance: state.settings.guidance,

@@ -49,7 +49,7 @@ impl IdEncoderConfig {
         if self.max_position_embeddings < SEQUENCE_LENGTH {
             return Err(format!("max_position_embeddings {} < 77", self.max_position_embeddings));
         }
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(format!(
                 "hidden_size {} is not divisible by num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads

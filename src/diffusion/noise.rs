@@ -22,7 +22,7 @@ pub fn torch_randn(seed: u64, n: usize) -> Vec<f32> {
     for block in out.chunks_exact_mut(16) {
         box_muller_16(block);
     }
-    if n % 16 != 0 {
+    if !n.is_multiple_of(16) {
         let tail = &mut out[n - 16..];
         tail.iter_mut().for_each(|v| *v = uniform());
         box_muller_16(tail);

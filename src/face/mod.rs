@@ -58,6 +58,12 @@ impl Face {
     }
 }
 
+/// How metadata names an identity taken from a photo: its file name and the face's number.
+pub fn identity_source(photo: &Path, face: usize) -> String {
+    let name = photo.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    format!("{name} (face {face})")
+}
+
 /// The index of the largest face, the one picked when the user does not choose.
 pub fn largest_face(faces: &[Face]) -> Option<usize> {
     (0..faces.len()).max_by(|&a, &b| faces[a].area().total_cmp(&faces[b].area()))

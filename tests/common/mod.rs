@@ -46,3 +46,22 @@ pub fn image_difference(actual: &[u8], expected: &[u8]) -> (f64, u8) {
     let mean = diffs.iter().map(|&d| d as f64).sum::<f64>() / diffs.len() as f64;
     (mean, diffs.iter().copied().max().unwrap_or(0))
 }
+
+/// A models folder in `dir` with the tiny generation models, the tiny face detector and a
+/// recognizer whose 24 values fit the tiny encoder (which takes at most 32).
+pub fn generation_and_face_models(dir: &std::path::Path) -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let models = dir.join("models");
+    for sub in ["arc2face", "encoder", "vae", "scheduler"] {
+        std::fs::create_dir_all(models.join(sub)).unwrap();
+        for entry in std::fs::read_dir(root.join("tiny/models").join(sub)).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), models.join(sub).join(entry.file_name())).unwrap();
+        }
+    }
+    std::fs::create_dir_all(models.join("antelopev2")).unwrap();
+    let detector = "antelopev2/scrfd_10g_bnkps.onnx";
+    std::fs::copy(root.join("faces/models").join(detector), models.join(detector)).unwrap();
+    std::fs::copy(root.join("faces/arcface_d24.onnx"), models.join("arcface.onnx")).unwrap();
+    models
+}
