@@ -367,6 +367,10 @@ impl StudioApp {
                 if outcome == JobOutcome::Cancelled {
                     state.notices.push(Notice { text: "Generation cancelled; finished images were kept".into(), is_error: false });
                 }
+                // Show the newest result large, unless the user is looking at something else.
+                if state.gallery.opened.is_none() && state.gallery.comparing.is_none() && state.queue.is_empty() {
+                    state.gallery.opened = state.gallery.gallery.entries().last().map(|e| e.id);
+                }
                 self.start_next_job();
             }
             Event::JobFailed { job_id, message } => {

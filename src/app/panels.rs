@@ -10,7 +10,7 @@ use crate::gallery::history::SortOrder;
 pub fn show(ui: &mut Ui, state: &AppState) -> Vec<Action> {
     let mut actions = Vec::new();
     egui::Panel::top("top").show(ui, |ui| top_bar(ui, state, &mut actions));
-    egui::Panel::bottom("gallery").resizable(true).default_size(230.0).show(ui, |ui| gallery(ui, state, &mut actions));
+    egui::Panel::bottom("gallery").resizable(true).default_size(230.0).min_size(190.0).show(ui, |ui| gallery(ui, state, &mut actions));
     egui::Panel::left("photo").resizable(true).default_size(420.0).show(ui, |ui| {
         egui::ScrollArea::vertical().show(ui, |ui| {
             photo(ui, state, &mut actions);
