@@ -12,13 +12,11 @@ pub fn show(ui: &mut Ui, state: &AppState) -> Vec<Action> {
     egui::Panel::top("top").show(ui, |ui| top_bar(ui, state, &mut actions));
     egui::Panel::bottom("gallery").resizable(true).default_size(230.0).min_size(190.0).show(ui, |ui| gallery(ui, state, &mut actions));
     egui::Panel::left("photo").resizable(true).default_size(420.0).show(ui, |ui| {
-        egui::ScrollArea::vertical().show(ui, |ui| {
-            photo(ui, state, &mut actions);
-            ui.separator();
-            settings(ui, state, &mut actions);
-            ui.separator();
-            queue(ui, state, &mut actions);
-        });
+        // Settings and Generate first, so they stay in view whatever the photo's size.
+        settings(ui, state, &mut actions);
+        queue(ui, state, &mut actions);
+        ui.separator();
+        egui::ScrollArea::vertical().show(ui, |ui| photo(ui, state, &mut actions));
     });
     egui::CentralPanel::default().show(ui, |ui| central(ui, state, &mut actions));
     actions
@@ -83,9 +81,10 @@ fn photo(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
         ui.label("Drop a photo here, or Open photo… (Ctrl+O).");
         return;
     };
-    let width = ui.available_width().min(600.0);
-    let scale = width / photo.size[0] as f32;
-    let size = Vec2::new(width, photo.size[1] as f32 * scale);
+    // Fit the photo in the panel, leaving room for the face buttons below it.
+    let max_height = (ui.available_height() - 70.0).max(120.0);
+    let scale = (ui.available_width().min(600.0) / photo.size[0] as f32).min(max_height / photo.size[1] as f32);
+    let size = Vec2::new(photo.size[0] as f32 * scale, photo.size[1] as f32 * scale);
     let (rect, response) = ui.allocate_exact_size(size, Sense::click());
     ui.painter().image(photo.texture.id(), rect, Rect::from_min_max(Pos2::ZERO, Pos2::new(1.0, 1.0)), Color32::WHITE);
     let to_screen = |x: f32, y: f32| rect.min + Vec2::new(x * scale, y * scale);
