@@ -201,6 +201,11 @@ impl Arc2FacePipeline {
         self.unet_config.sample_size * self.vae_config.scale_factor()
     }
 
+    /// Image pixels per latent pixel.
+    pub fn vae_scale_factor(&self) -> usize {
+        self.vae_config.scale_factor()
+    }
+
     /// Image sides must be multiples of this.
     pub fn size_multiple(&self) -> usize {
         self.vae_config.scale_factor() * self.unet_config.latent_multiple()
