@@ -3,6 +3,7 @@
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
@@ -12,7 +13,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::face::{self, FaceAnalyzer};
 use crate::engine::{Arc2FacePipeline, Flow, InitialNoise, Job, SamplingParams, StepProgress};
 use crate::gallery::metadata::{self, GenerationMetadata};
-use crate::models::ModelsDir;
+use crate::models::download::{self, DownloadEvent};
+use crate::models::hub::{Hub, HubConfig};
+use crate::models::{self, ModelFile, ModelsDir, check};
 
 #[derive(Debug, Parser)]
 #[command(name = "arc2face", version, about = "Arc2Face Studio: new photos of a person from one photo")]
@@ -33,6 +36,36 @@ pub enum Command {
     Generate(GenerateArgs),
     /// List the faces of a photo as JSON: box, score, keypoints and raw embedding.
     Faces(FacesArgs),
+    /// Check the models folder and fetch what is missing.
+    Models(ModelsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ModelsArgs {
+    /// The models folder [default: ARC2FACE_MODELS, else the app's data folder].
+    #[arg(long, env = "ARC2FACE_MODELS", global = true)]
+    pub models: Option<PathBuf>,
+    #[command(subcommand)]
+    pub action: ModelsAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsAction {
+    /// List every file as present, missing or wrong; fails when any is missing or wrong.
+    Status,
+    /// Fetch the missing files from the Hugging Face Hub, or its local cache, verified.
+    /// Honours HF_ENDPOINT, HF_TOKEN, HF_HOME, HF_HUB_CACHE and HF_HUB_OFFLINE.
+    Download {
+        /// Files fetched at once.
+        #[arg(long, default_value_t = 2)]
+        parallel: usize,
+        /// Only these files, as `status` names them (repeatable) [default: every missing file].
+        #[arg(long)]
+        only: Vec<String>,
+    },
+    /// Open every present file as its loader would and compare it with the checksum recorded
+    /// at download; fails naming each bad file.
+    Verify,
 }
 
 #[derive(Debug, Args)]
@@ -104,6 +137,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Generate(args)) => generate(args),
         Some(Command::Faces(args)) => faces(args),
+        Some(Command::Models(args)) => models_command(args),
         None => crate::app::run(cli.models, cli.photos),
     }
 }
@@ -201,6 +235,72 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
             .with_context(|| format!("could not write {}", path.display()))?;
     }
     eprintln!("finished in {:.1}s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn models_command(args: ModelsArgs) -> anyhow::Result<()> {
+    let models = ModelsDir::new(args.models.unwrap_or_else(models::default_models_dir));
+    eprintln!("models folder: {}", models.root().display());
+    let statuses = match args.action {
+        ModelsAction::Status => check::status(&models),
+        ModelsAction::Verify => check::verify(&models, |file| eprintln!("checking {}", file.relative_path)),
+        ModelsAction::Download { parallel, only } => return download(&models, parallel, &only),
+    };
+    for status in &statuses {
+        println!("{:<48} {:<18} {}", status.file.relative_path, status.file.needed_for.label(), status.describe());
+    }
+    match face::runtime::runtime() {
+        Ok(runtime) => println!("ONNX Runtime {}: {}", face::runtime::ONNXRUNTIME_VERSION, runtime.library.display()),
+        Err(message) => println!("ONNX Runtime: {message}"),
+    }
+    let bad = statuses.iter().filter(|s| !matches!(s.state, check::FileState::Present { .. })).count();
+    if bad > 0 {
+        bail!("{bad} of {} model files missing or wrong; `arc2face models download` fetches missing ones", statuses.len());
+    }
+    Ok(())
+}
+
+fn download(models: &ModelsDir, parallel: usize, only: &[String]) -> anyhow::Result<()> {
+    let files: Vec<ModelFile> = if only.is_empty() {
+        models::ALL_FILES.to_vec()
+    } else {
+        only.iter()
+            .map(|name| {
+                models::ALL_FILES.into_iter().find(|f| f.relative_path == name).with_context(|| format!("{name}: not a model file; `arc2face models status` lists them"))
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
+    let hub = Hub::new(HubConfig::from_env());
+    let totals = std::sync::Mutex::new(vec![0u64; files.len()]);
+    let shown = std::sync::Mutex::new(vec![0u64; files.len()]);
+    let report = |index: usize, event: DownloadEvent| {
+        let name = files[index].relative_path;
+        match event {
+            DownloadEvent::Started { total, done, from_cache } => {
+                totals.lock().unwrap()[index] = total;
+                let from = if from_cache { "from the Hugging Face cache" } else if done > 0 { "resuming" } else { "downloading" };
+                eprintln!("{name}: {from}, {} of {}", check::human_bytes(done), check::human_bytes(total));
+            }
+            DownloadEvent::Progress { done } => {
+                let total = totals.lock().unwrap()[index].max(1);
+                let tenth = done * 10 / total;
+                let mut shown = shown.lock().unwrap();
+                if tenth > shown[index] {
+                    shown[index] = tenth;
+                    eprintln!("{name}: {}%", tenth * 10);
+                }
+            }
+            DownloadEvent::Retrying { message } => eprintln!("{name}: {message}; trying again"),
+            DownloadEvent::Finished => eprintln!("{name}: done, verified"),
+            DownloadEvent::AlreadyPresent => eprintln!("{name}: already there"),
+            DownloadEvent::Failed { message } => eprintln!("{name}: FAILED: {message}"),
+            DownloadEvent::Cancelled => eprintln!("{name}: cancelled"),
+        }
+    };
+    let failed = download::download_all(models, &files, &hub, parallel, &AtomicBool::new(false), &report);
+    if failed > 0 {
+        bail!("{failed} of {} files failed; run the same command again to resume", files.len());
+    }
     Ok(())
 }
 

@@ -62,13 +62,6 @@ pub fn default_gallery_dir() -> PathBuf {
     crate::face::runtime::data_dir().unwrap_or_else(|| PathBuf::from(".")).join("gallery")
 }
 
-/// The models folder when none is configured: `ARC2FACE_MODELS`, else the data folder's `models`.
-pub fn default_models_dir() -> PathBuf {
-    std::env::var_os("ARC2FACE_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| crate::face::runtime::data_dir().unwrap_or_else(|| PathBuf::from(".")).join("models"))
-}
-
 /// Opens the window and runs until it closes.
 pub fn run(models_dir: Option<PathBuf>, photos: Vec<PathBuf>) -> anyhow::Result<()> {
     let options = eframe::NativeOptions {
@@ -92,7 +85,7 @@ impl StudioApp {
     /// `models_dir` overrides the saved one (from `--models`); `photos` are loaded at start.
     pub fn new(cc: &eframe::CreationContext<'_>, models_dir: Option<PathBuf>, gallery_dir: PathBuf, photos: Vec<PathBuf>) -> Self {
         let settings: Settings = cc.storage.and_then(|s| eframe::get_value(s, SETTINGS_KEY)).unwrap_or_default();
-        let models_dir = models_dir.or_else(|| settings.models_dir.clone()).unwrap_or_else(default_models_dir);
+        let models_dir = models_dir.or_else(|| settings.models_dir.clone()).unwrap_or_else(models::default_models_dir);
         let ctx = cc.egui_ctx.clone();
         let wake_ctx = ctx.clone();
         let worker = Worker::spawn(models_dir.clone(), move || wake_ctx.request_repaint()).expect("the worker thread starts");

@@ -10,6 +10,7 @@ use ort::value::Tensor;
 
 use super::FaceError;
 use super::align::ALIGNED_SIZE;
+use crate::models::onnx::first_node_names;
 
 pub struct ArcFace {
     session: Session,
@@ -45,62 +46,4 @@ impl ArcFace {
         let (_, embedding) = outputs[0].try_extract_tensor::<f32>().map_err(FaceError::runtime)?;
         Ok(embedding.to_vec())
     }
-}
-
-/// The names of the first `limit` nodes of an ONNX model's graph, read straight from the
-/// protobuf (ModelProto.graph = field 7, GraphProto.node = field 1, NodeProto.name = field 3).
-fn first_node_names(model: &[u8], limit: usize) -> Result<Vec<String>, &'static str> {
-    let graph = protobuf_fields(model)?
-        .into_iter()
-        .find(|(field, _)| *field == 7)
-        .map(|(_, bytes)| bytes)
-        .ok_or("no graph")?;
-    let mut names = Vec::new();
-    for (field, node) in protobuf_fields(graph)? {
-        if names.len() == limit {
-            break;
-        }
-        if field == 1 {
-            let name = protobuf_fields(node)?.into_iter().find(|(f, _)| *f == 3).map(|(_, b)| b).unwrap_or_default();
-            names.push(String::from_utf8_lossy(name).into_owned());
-        }
-    }
-    Ok(names)
-}
-
-/// The length-delimited fields of one protobuf message, in order; other wire types are skipped.
-fn protobuf_fields(mut bytes: &[u8]) -> Result<Vec<(u64, &[u8])>, &'static str> {
-    fn varint(bytes: &mut &[u8]) -> Result<u64, &'static str> {
-        let mut value = 0u64;
-        for shift in (0..64).step_by(7) {
-            let (&byte, rest) = bytes.split_first().ok_or("truncated")?;
-            *bytes = rest;
-            value |= u64::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                return Ok(value);
-            }
-        }
-        Err("bad varint")
-    }
-    let mut fields = Vec::new();
-    while !bytes.is_empty() {
-        let key = varint(&mut bytes)?;
-        let skip = match key & 7 {
-            0 => {
-                varint(&mut bytes)?;
-                0
-            }
-            1 => 8,
-            5 => 4,
-            2 => {
-                let len = usize::try_from(varint(&mut bytes)?).map_err(|_| "too long")?;
-                let value = bytes.get(..len).ok_or("truncated")?;
-                fields.push((key >> 3, value));
-                len
-            }
-            _ => return Err("unsupported wire type"),
-        };
-        bytes = bytes.get(skip..).ok_or("truncated")?;
-    }
-    Ok(fields)
 }

@@ -3,6 +3,11 @@
 //! The folder mirrors the Hugging Face repositories (DESIGN.md §3), so the same loader reads the
 //! real weights and the tiny test fixtures.
 
+pub mod check;
+pub mod download;
+pub mod hub;
+pub mod onnx;
+
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
@@ -30,42 +35,112 @@ fn first_line(message: &str) -> String {
     message.lines().next().unwrap_or_default().trim().to_string()
 }
 
-/// One file of the models folder, relative to its root.
-#[derive(Debug, Clone, Copy)]
+/// One file of the models folder, relative to its root, and where it comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ModelFile {
     pub relative_path: &'static str,
     pub what: &'static str,
+    pub source: HubFile,
+    pub licence: &'static str,
+    pub needed_for: Feature,
 }
 
-pub const UNET_CONFIG: ModelFile =
-    ModelFile { relative_path: "arc2face/config.json", what: "Arc2Face UNet config" };
-pub const UNET_WEIGHTS: ModelFile = ModelFile {
-    relative_path: "arc2face/diffusion_pytorch_model.safetensors",
-    what: "Arc2Face UNet weights",
-};
+/// A file of a Hugging Face Hub repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HubFile {
+    pub repo: &'static str,
+    pub kind: RepoKind,
+    pub path: &'static str,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RepoKind {
+    Model,
+    Space,
+}
+
+/// What a file is needed for: the app works without the files of a feature it does not use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feature {
+    Generation,
+    FaceAnalysis,
+    PoseControl,
+    ExpressionControl,
+}
+
+impl Feature {
+    pub fn label(self) -> &'static str {
+        match self {
+            Feature::Generation => "generation",
+            Feature::FaceAnalysis => "face analysis",
+            Feature::PoseControl => "pose control",
+            Feature::ExpressionControl => "expression control",
+        }
+    }
+
+    /// Whether the app cannot generate from a photo without it.
+    pub fn required(self) -> bool {
+        matches!(self, Feature::Generation | Feature::FaceAnalysis)
+    }
+}
+
+const ARC2FACE_REPO: &str = "FoivosPar/Arc2Face";
+const SD15_REPO: &str = "stable-diffusion-v1-5/stable-diffusion-v1-5";
+const MIT: &str = "MIT (Arc2Face)";
+const OPENRAIL: &str = "CreativeML OpenRAIL-M (Stable Diffusion 1.5)";
+const INSIGHTFACE: &str = "non-commercial research only (insightface models)";
+const EMOCA: &str = "non-commercial (trained on EMOCA/FLAME outputs)";
+
+const fn arc2face_file(relative_path: &'static str, what: &'static str, needed_for: Feature, licence: &'static str) -> ModelFile {
+    let source = HubFile { repo: ARC2FACE_REPO, kind: RepoKind::Model, path: relative_path };
+    ModelFile { relative_path, what, source, licence, needed_for }
+}
+
+const fn sd15_file(relative_path: &'static str, what: &'static str) -> ModelFile {
+    let source = HubFile { repo: SD15_REPO, kind: RepoKind::Model, path: relative_path };
+    ModelFile { relative_path, what, source, licence: OPENRAIL, needed_for: Feature::Generation }
+}
+
+pub const UNET_CONFIG: ModelFile = arc2face_file("arc2face/config.json", "Arc2Face UNet config", Feature::Generation, MIT);
+pub const UNET_WEIGHTS: ModelFile =
+    arc2face_file("arc2face/diffusion_pytorch_model.safetensors", "Arc2Face UNet weights", Feature::Generation, MIT);
 pub const ENCODER_CONFIG: ModelFile =
-    ModelFile { relative_path: "encoder/config.json", what: "Arc2Face ID encoder config" };
-pub const ENCODER_WEIGHTS: ModelFile = ModelFile {
-    relative_path: "encoder/pytorch_model.bin",
-    what: "Arc2Face ID encoder weights (torch pickle)",
-};
-pub const VAE_CONFIG: ModelFile =
-    ModelFile { relative_path: "vae/config.json", what: "SD1.5 VAE config" };
-pub const VAE_WEIGHTS: ModelFile = ModelFile {
-    relative_path: "vae/diffusion_pytorch_model.safetensors",
-    what: "SD1.5 VAE weights",
-};
-pub const SCHEDULER_CONFIG: ModelFile = ModelFile {
-    relative_path: "scheduler/scheduler_config.json",
-    what: "SD1.5 scheduler config",
-};
+    arc2face_file("encoder/config.json", "Arc2Face ID encoder config", Feature::Generation, MIT);
+pub const ENCODER_WEIGHTS: ModelFile =
+    arc2face_file("encoder/pytorch_model.bin", "Arc2Face ID encoder weights (torch pickle)", Feature::Generation, MIT);
+pub const VAE_CONFIG: ModelFile = sd15_file("vae/config.json", "SD1.5 VAE config");
+pub const VAE_WEIGHTS: ModelFile = sd15_file("vae/diffusion_pytorch_model.safetensors", "SD1.5 VAE weights");
+pub const SCHEDULER_CONFIG: ModelFile = sd15_file("scheduler/scheduler_config.json", "SD1.5 scheduler config");
 
 pub const DETECTOR: ModelFile = ModelFile {
     relative_path: "antelopev2/scrfd_10g_bnkps.onnx",
     what: "SCRFD-10G face detector (insightface antelopev2)",
+    // insightface's own download is a zip on GitHub; the Arc2Face Space mirrors the file on the hub.
+    source: HubFile { repo: ARC2FACE_REPO, kind: RepoKind::Space, path: "models/antelopev2/scrfd_10g_bnkps.onnx" },
+    licence: INSIGHTFACE,
+    needed_for: Feature::FaceAnalysis,
 };
-pub const RECOGNIZER: ModelFile =
-    ModelFile { relative_path: "arcface.onnx", what: "Arc2Face's ArcFace recognizer (not glintr100.onnx)" };
+pub const RECOGNIZER: ModelFile = arc2face_file(
+    "arcface.onnx",
+    "Arc2Face's ArcFace recognizer (not glintr100.onnx)",
+    Feature::FaceAnalysis,
+    INSIGHTFACE,
+);
+
+pub const CONTROLNET_CONFIG: ModelFile =
+    arc2face_file("controlnet/config.json", "Arc2Face pose ControlNet config", Feature::PoseControl, MIT);
+pub const CONTROLNET_WEIGHTS: ModelFile = arc2face_file(
+    "controlnet/diffusion_pytorch_model.safetensors",
+    "Arc2Face pose ControlNet weights",
+    Feature::PoseControl,
+    MIT,
+);
+pub const EXPRESSION_ADAPTER: ModelFile = arc2face_file(
+    "exp_adapter/exp_adapter.bin",
+    "Arc2Face Expression Adapter (torch pickle)",
+    Feature::ExpressionControl,
+    EMOCA,
+);
 
 /// The files a generation needs.
 pub const GENERATION_FILES: [ModelFile; 7] = [
@@ -77,6 +152,29 @@ pub const GENERATION_FILES: [ModelFile; 7] = [
     VAE_WEIGHTS,
     SCHEDULER_CONFIG,
 ];
+
+/// Every file of the models folder (DESIGN.md §3), in the order the model manager lists them.
+pub const ALL_FILES: [ModelFile; 12] = [
+    UNET_CONFIG,
+    UNET_WEIGHTS,
+    ENCODER_CONFIG,
+    ENCODER_WEIGHTS,
+    VAE_CONFIG,
+    VAE_WEIGHTS,
+    SCHEDULER_CONFIG,
+    DETECTOR,
+    RECOGNIZER,
+    CONTROLNET_CONFIG,
+    CONTROLNET_WEIGHTS,
+    EXPRESSION_ADAPTER,
+];
+
+/// The models folder when none is configured: `ARC2FACE_MODELS`, else the data folder's `models`.
+pub fn default_models_dir() -> PathBuf {
+    std::env::var_os("ARC2FACE_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::face::runtime::data_dir().unwrap_or_else(|| PathBuf::from(".")).join("models"))
+}
 
 /// A models folder on disk.
 #[derive(Debug, Clone)]

@@ -1,0 +1,312 @@
+//! Fetching the files of the models folder: from the Python hub cache when they are there,
+//! otherwise from the hub, a few at once. Bytes go to `<file>.part`, which survives a cut
+//! connection or a cancel and is resumed with a range request; only a file whose size and
+//! checksum match the hub's is renamed into place, so the folder never holds a corrupt file.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use super::check::{Checksums, Recorded, partial_path};
+use super::hub::{Hub, HubError, RemoteFile};
+use super::{ModelFile, ModelsDir};
+
+/// Tries per file: a cut connection resumes, a checksum mismatch starts over.
+const ATTEMPTS: usize = 3;
+
+/// What happens to one file, reported as it happens (from several threads at once).
+#[derive(Debug, Clone, PartialEq)]
+pub enum DownloadEvent {
+    /// Bytes will flow: `done` of them are already there (a resumed `.part` or the cache).
+    Started { total: u64, done: u64, from_cache: bool },
+    Progress { done: u64 },
+    /// The transfer broke; trying again from where it stopped.
+    Retrying { message: String },
+    Finished,
+    /// The file was already in the folder.
+    AlreadyPresent,
+    Failed { message: String },
+    Cancelled,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    #[error(transparent)]
+    Hub(#[from] HubError),
+    #[error("{0}")]
+    Other(String),
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// Fetches `files` into `models`, `parallel` at a time. `report(i, event)` hears about
+/// `files[i]`; `cancel` stops every transfer within one read, keeping the `.part` files.
+/// Returns how many files failed.
+pub fn download_all(
+    models: &ModelsDir,
+    files: &[ModelFile],
+    hub: &Hub,
+    parallel: usize,
+    cancel: &AtomicBool,
+    report: &(dyn Fn(usize, DownloadEvent) + Sync),
+) -> usize {
+    let next = AtomicUsize::new(0);
+    let failed = AtomicUsize::new(0);
+    let checksums = Mutex::new(());
+    std::thread::scope(|scope| {
+        for _ in 0..parallel.clamp(1, files.len().max(1)) {
+            scope.spawn(|| {
+                loop {
+                    let index = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&file) = files.get(index) else { break };
+                    let event = match download_file(models, file, hub, cancel, &checksums, &|event| report(index, event)) {
+                        Ok(event) => event,
+                        Err(DownloadError::Cancelled) => DownloadEvent::Cancelled,
+                        Err(e) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            DownloadEvent::Failed { message: e.to_string() }
+                        }
+                    };
+                    report(index, event);
+                }
+            });
+        }
+    });
+    failed.into_inner()
+}
+
+/// One file: skip it if present, else find it (hub metadata, then cache or network), verify it,
+/// move it into place and record its checksum.
+fn download_file(
+    models: &ModelsDir,
+    file: ModelFile,
+    hub: &Hub,
+    cancel: &AtomicBool,
+    checksums: &Mutex<()>,
+    report: &dyn Fn(DownloadEvent),
+) -> Result<DownloadEvent, DownloadError> {
+    let dest = models.path(file);
+    if dest.is_file() {
+        return Ok(DownloadEvent::AlreadyPresent);
+    }
+    let part = partial_path(&dest);
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| io_error(parent, e))?;
+    }
+    let remote = if hub.config.offline {
+        None
+    } else {
+        match hub.head(&file.source) {
+            Ok(remote) => Some(remote),
+            // Without a connection, the cache may still have it (as huggingface_hub does).
+            Err(HubError::Network { url, message }) => match hub.cached(&file.source, None) {
+                Some(_) => None,
+                None => return Err(HubError::Network { url, message }.into()),
+            },
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let recorded = match remote {
+        Some(remote) => match hub.cached(&file.source, Some(&remote.checksum)) {
+            Some((cached, _)) => copy_from_cache(&cached, &part, remote.size, &remote.checksum, cancel, report)?,
+            None => fetch_with_retries(hub, &remote, &part, cancel, report)?,
+        },
+        None => {
+            let (cached, checksum) = hub.cached(&file.source, None).ok_or_else(|| {
+                DownloadError::Other(format!(
+                    "{} is not in the Hugging Face cache ({}) and HF_HUB_OFFLINE forbids downloading it",
+                    file.relative_path,
+                    hub.config.cache_dir.as_ref().map_or("none".into(), |d| d.display().to_string())
+                ))
+            })?;
+            let size = std::fs::metadata(&cached).map_err(|e| io_error(&cached, e))?.len();
+            match checksum {
+                Some(checksum) => copy_from_cache(&cached, &part, size, &checksum, cancel, report)?,
+                None => return Err(DownloadError::Other(format!("{}: cannot tell its checksum; not used", cached.display()))),
+            }
+        }
+    };
+    std::fs::rename(&part, &dest).map_err(|e| io_error(&dest, e))?;
+    let _one_writer = checksums.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    Checksums::record(models, file, recorded).map_err(|e| io_error(&models.root().join(Checksums::FILE_NAME), e))?;
+    Ok(DownloadEvent::Finished)
+}
+
+/// Downloads into `part`, resuming what is there; a cut connection resumes, a wrong checksum
+/// starts over, each up to [`ATTEMPTS`] times.
+fn fetch_with_retries(
+    hub: &Hub,
+    remote: &RemoteFile,
+    part: &Path,
+    cancel: &AtomicBool,
+    report: &dyn Fn(DownloadEvent),
+) -> Result<Recorded, DownloadError> {
+    let mut last_error = String::new();
+    for attempt in 1..=ATTEMPTS {
+        if attempt > 1 {
+            report(DownloadEvent::Retrying { message: last_error.clone() });
+        }
+        match fetch_once(hub, remote, part, cancel, report) {
+            Ok(()) => match verify_part(part, remote) {
+                Ok(recorded) => return Ok(recorded),
+                Err(message) => {
+                    // A complete file with the wrong bytes cannot be resumed: start over.
+                    let _ = std::fs::remove_file(part);
+                    last_error = message;
+                }
+            },
+            Err(DownloadError::Hub(HubError::Network { message, .. })) => last_error = message,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(DownloadError::Other(format!("{}: gave up after {ATTEMPTS} tries: {last_error}", remote.download_url)))
+}
+
+/// One transfer from where the `.part` file ends.
+fn fetch_once(hub: &Hub, remote: &RemoteFile, part: &Path, cancel: &AtomicBool, report: &dyn Fn(DownloadEvent)) -> Result<(), DownloadError> {
+    let mut have = std::fs::metadata(part).map(|m| m.len()).unwrap_or(0);
+    if have > remote.size {
+        std::fs::remove_file(part).map_err(|e| io_error(part, e))?;
+        have = 0;
+    }
+    if have == remote.size {
+        return Ok(());
+    }
+    let body = hub.open(remote, have)?;
+    let mut out = std::fs::OpenOptions::new().create(true).append(body.start > 0).write(true).truncate(body.start == 0).open(part).map_err(|e| io_error(part, e))?;
+    report(DownloadEvent::Started { total: remote.size, done: body.start, from_cache: false });
+    let network = |message: String| HubError::Network { url: remote.download_url.clone(), message };
+    let done = copy_reporting(body.reader, &mut out, body.start, cancel, report)
+        .map_err(|e| match e {
+            CopyError::Read(done, e) => DownloadError::Hub(network(format!("connection lost after {done} of {} bytes: {e}", remote.size))),
+            CopyError::Write(e) => io_error(part, e),
+            CopyError::Cancelled => DownloadError::Cancelled,
+        })?;
+    if done < remote.size {
+        return Err(network(format!("connection lost after {done} of {} bytes", remote.size)).into());
+    }
+    Ok(())
+}
+
+/// The `.part` file is the hub's file: same size, same checksum.
+fn verify_part(part: &Path, remote: &RemoteFile) -> Result<Recorded, String> {
+    let size = std::fs::metadata(part).map_err(|e| e.to_string())?.len();
+    if size != remote.size {
+        return Err(format!("got {size} bytes, the hub says {}", remote.size));
+    }
+    let actual = super::hub::checksum_of(part, &remote.checksum).map_err(|e| e.to_string())?;
+    if actual != remote.checksum {
+        return Err(format!("checksum mismatch: got {}, the hub says {}", actual.hex(), remote.checksum.hex()));
+    }
+    Ok(Recorded { size, checksum: actual })
+}
+
+/// A file of the Python hub cache: hard-linked when on the same disk (no copy, no space),
+/// else copied; verified either way, since a cache can be corrupt too.
+fn copy_from_cache(
+    cached: &Path,
+    part: &Path,
+    size: u64,
+    checksum: &super::hub::Checksum,
+    cancel: &AtomicBool,
+    report: &dyn Fn(DownloadEvent),
+) -> Result<Recorded, DownloadError> {
+    let _ = std::fs::remove_file(part);
+    report(DownloadEvent::Started { total: size, done: 0, from_cache: true });
+    if std::fs::hard_link(cached, part).is_err() {
+        let reader = std::fs::File::open(cached).map_err(|e| io_error(cached, e))?;
+        let mut out = std::fs::File::create(part).map_err(|e| io_error(part, e))?;
+        copy_reporting(reader, &mut out, 0, cancel, report).map_err(|e| match e {
+            CopyError::Read(_, e) => io_error(cached, e),
+            CopyError::Write(e) => io_error(part, e),
+            CopyError::Cancelled => DownloadError::Cancelled,
+        })?;
+    }
+    report(DownloadEvent::Progress { done: size });
+    let remote = RemoteFile { size, checksum: checksum.clone(), download_url: cached.display().to_string() };
+    verify_part(part, &remote).map_err(|message| {
+        let _ = std::fs::remove_file(part);
+        DownloadError::Other(format!("{} in the Hugging Face cache is damaged: {message}", cached.display()))
+    })
+}
+
+enum CopyError {
+    /// How far it got, and why it stopped.
+    Read(u64, std::io::Error),
+    Write(std::io::Error),
+    Cancelled,
+}
+
+/// Copies until the reader ends, reporting progress at most every 100 ms; returns the offset
+/// reached. Writes are flushed so that a kill keeps everything reported as done.
+fn copy_reporting(
+    mut reader: impl Read,
+    out: &mut std::fs::File,
+    start: u64,
+    cancel: &AtomicBool,
+    report: &dyn Fn(DownloadEvent),
+) -> Result<u64, CopyError> {
+    let mut buffer = vec![0u8; 256 << 10];
+    let mut done = start;
+    let mut last_report = Instant::now();
+    loop {
+        if cancel.load(Ordering::Relaxed) {
+            let _ = out.flush();
+            return Err(CopyError::Cancelled);
+        }
+        let n = match reader.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                let _ = out.flush();
+                return Err(CopyError::Read(done, e));
+            }
+        };
+        out.write_all(&buffer[..n]).map_err(CopyError::Write)?;
+        done += n as u64;
+        if last_report.elapsed() >= Duration::from_millis(100) {
+            report(DownloadEvent::Progress { done });
+            last_report = Instant::now();
+        }
+    }
+    out.flush().map_err(CopyError::Write)?;
+    report(DownloadEvent::Progress { done });
+    Ok(done)
+}
+
+fn io_error(path: &Path, error: std::io::Error) -> DownloadError {
+    DownloadError::Other(format!("{}: {error}", path.display()))
+}
+
+/// Speed and time left of a transfer, smoothed over the last few seconds.
+#[derive(Debug, Clone, Default)]
+pub struct TransferRate {
+    samples: std::collections::VecDeque<(Instant, u64)>,
+}
+
+impl TransferRate {
+    const WINDOW: Duration = Duration::from_secs(5);
+
+    pub fn record(&mut self, now: Instant, done: u64) {
+        self.samples.push_back((now, done));
+        while self.samples.len() > 2 && self.samples.front().is_some_and(|(t, _)| now.duration_since(*t) > Self::WINDOW) {
+            self.samples.pop_front();
+        }
+    }
+
+    /// Bytes per second, once there are two samples apart in time.
+    pub fn bytes_per_second(&self) -> Option<f64> {
+        let (first, last) = (self.samples.front()?, self.samples.back()?);
+        let seconds = last.0.duration_since(first.0).as_secs_f64();
+        (seconds > 0.0 && last.1 >= first.1).then(|| (last.1 - first.1) as f64 / seconds)
+    }
+
+    pub fn time_left(&self, total: u64) -> Option<Duration> {
+        let speed = self.bytes_per_second().filter(|s| *s > 0.0)?;
+        let done = self.samples.back()?.1;
+        Some(Duration::from_secs_f64(total.saturating_sub(done) as f64 / speed))
+    }
+}

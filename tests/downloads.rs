@@ -1,0 +1,453 @@
+//! The download manager against a local stand-in for the Hugging Face Hub (127.0.0.1 only):
+//! redirects to a storage server for LFS files, HEAD with X-Linked-Etag/X-Linked-Size, range
+//! requests, and faults on demand — a connection cut halfway, corrupt bytes, 401 and 404.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use sha1::Digest as _;
+
+use arc2face_studio::models::check::{self, FileState, partial_path};
+use arc2face_studio::models::download::{DownloadEvent, download_all};
+use arc2face_studio::models::hub::{Hub, HubConfig};
+use arc2face_studio::models::{self, ModelFile, ModelsDir, RepoKind};
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Fault {
+    /// Close the connection after this many body bytes, once.
+    CutAfter(usize),
+    /// Send flipped bytes, once.
+    CorruptOnce,
+    /// Always send flipped bytes.
+    CorruptAlways,
+}
+
+struct Hosted {
+    bytes: Vec<u8>,
+    lfs: bool,
+}
+
+#[derive(Default)]
+struct State {
+    /// By resolve path, `/{spaces/}{repo}/resolve/main/{path}`.
+    files: HashMap<String, Hosted>,
+    faults: HashMap<String, Fault>,
+    token: Option<String>,
+    /// "METHOD path [range] [auth]" of every request, in order.
+    log: Vec<String>,
+}
+
+struct MockHub {
+    endpoint: String,
+    state: Arc<Mutex<State>>,
+}
+
+impl MockHub {
+    /// Two servers, like the real hub and its storage: different origins, one state.
+    fn start() -> Self {
+        let hub = TcpListener::bind("127.0.0.1:0").unwrap();
+        let storage = TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", hub.local_addr().unwrap());
+        let storage_origin = format!("http://{}", storage.local_addr().unwrap());
+        let state = Arc::new(Mutex::new(State::default()));
+        for listener in [hub, storage] {
+            let (shared, origin) = (state.clone(), storage_origin.clone());
+            std::thread::spawn(move || {
+                for stream in listener.incoming().flatten() {
+                    let (state, origin) = (shared.clone(), origin.clone());
+                    std::thread::spawn(move || serve(stream, &state, &origin));
+                }
+            });
+        }
+        Self { endpoint, state }
+    }
+
+    fn host(&self, file: ModelFile, bytes: Vec<u8>, lfs: bool) {
+        self.state.lock().unwrap().files.insert(resolve_path(file), Hosted { bytes, lfs });
+    }
+
+    fn fault(&self, file: ModelFile, fault: Fault) {
+        self.state.lock().unwrap().faults.insert(resolve_path(file), fault);
+    }
+
+    fn log(&self) -> Vec<String> {
+        self.state.lock().unwrap().log.clone()
+    }
+
+    fn hub(&self, cache: &Path) -> Hub {
+        Hub::new(HubConfig { endpoint: self.endpoint.clone(), token: None, cache_dir: Some(cache.to_path_buf()), offline: false })
+    }
+}
+
+fn resolve_path(file: ModelFile) -> String {
+    let prefix = if file.source.kind == RepoKind::Space { "spaces/" } else { "" };
+    format!("/{prefix}{}/resolve/main/{}", file.source.repo, file.source.path)
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    hex(&sha2::Sha256::digest(bytes))
+}
+
+fn git_sha1(bytes: &[u8]) -> String {
+    let mut hasher = sha1::Sha1::new();
+    hasher.update(format!("blob {}\0", bytes.len()).as_bytes());
+    hasher.update(bytes);
+    hex(&hasher.finalize())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn serve(mut stream: TcpStream, state: &Mutex<State>, storage_origin: &str) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut request_line = String::new();
+    if reader.read_line(&mut request_line).is_err() {
+        return;
+    }
+    let mut headers = HashMap::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_string());
+        }
+    }
+    let mut parts = request_line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
+    let range_start: usize = headers.get("range").and_then(|r| r.strip_prefix("bytes=")?.trim_end_matches('-').parse().ok()).unwrap_or(0);
+    let mut state = state.lock().unwrap();
+    state.log.push(format!(
+        "{method} {path}{}{}",
+        headers.get("range").map(|r| format!(" range={r}")).unwrap_or_default(),
+        headers.get("authorization").map(|a| format!(" auth={a}")).unwrap_or_default()
+    ));
+    let respond = |stream: &mut TcpStream, status: &str, headers: &[(String, String)], body: &[u8], cut: Option<usize>| {
+        let mut head = format!("HTTP/1.1 {status}\r\nConnection: close\r\n");
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        let _ = stream.write_all(head.as_bytes());
+        let body = &body[..cut.unwrap_or(body.len()).min(body.len())];
+        let _ = stream.write_all(body);
+        let _ = stream.flush();
+    };
+
+    if let Some(sha) = path.strip_prefix("/cdn/") {
+        // The storage server: no token needed, ranges honoured, faults injected here.
+        let Some((key, hosted)) = state.files.iter().find(|(_, f)| sha256(&f.bytes) == sha) else {
+            return respond(&mut stream, "404 Not Found", &[], b"", None);
+        };
+        let key = key.clone();
+        let mut body = hosted.bytes[range_start.min(hosted.bytes.len())..].to_vec();
+        let total = hosted.bytes.len();
+        let fault = state.faults.get(&key).copied();
+        let mut cut = None;
+        match fault {
+            Some(Fault::CutAfter(n)) => {
+                cut = Some(n);
+                state.faults.remove(&key);
+            }
+            Some(Fault::CorruptOnce | Fault::CorruptAlways) => {
+                body.iter_mut().for_each(|b| *b ^= 0x5a);
+                if fault == Some(Fault::CorruptOnce) {
+                    state.faults.remove(&key);
+                }
+            }
+            None => {}
+        }
+        let mut headers = vec![("Content-Length".to_string(), body.len().to_string())];
+        let status = if range_start > 0 {
+            headers.push(("Content-Range".into(), format!("bytes {range_start}-{}/{total}", total - 1)));
+            "206 Partial Content"
+        } else {
+            "200 OK"
+        };
+        return respond(&mut stream, status, &headers, &body, cut);
+    }
+
+    if let Some(token) = &state.token
+        && headers.get("authorization") != Some(&format!("Bearer {token}"))
+    {
+        return respond(&mut stream, "401 Unauthorized", &[("X-Error-Code".into(), "GatedRepo".into())], b"", None);
+    }
+    let Some(hosted) = state.files.get(&path) else {
+        return respond(&mut stream, "404 Not Found", &[("X-Error-Code".into(), "EntryNotFound".into())], b"", None);
+    };
+    let commit = ("X-Repo-Commit".to_string(), "0123456789abcdef0123456789abcdef01234567".to_string());
+    if hosted.lfs {
+        let sha = sha256(&hosted.bytes);
+        let headers = [
+            ("Location".to_string(), format!("{storage_origin}/cdn/{sha}")),
+            ("X-Linked-Etag".into(), format!("\"{sha}\"")),
+            ("X-Linked-Size".into(), hosted.bytes.len().to_string()),
+            ("ETag".into(), format!("\"{}\"", git_sha1(b"pointer"))),
+            ("Content-Length".into(), "0".into()),
+            commit,
+        ];
+        respond(&mut stream, "302 Found", &headers, b"", None);
+    } else {
+        let headers = [
+            ("ETag".to_string(), format!("\"{}\"", git_sha1(&hosted.bytes))),
+            ("Content-Length".into(), hosted.bytes.len().to_string()),
+            commit,
+        ];
+        let body = if method == "HEAD" { Vec::new() } else { hosted.bytes.clone() };
+        respond(&mut stream, "200 OK", &headers, &body, None);
+    }
+}
+
+/// Runs the download manager, collecting every event per file.
+fn download(models: &ModelsDir, files: &[ModelFile], hub: &Hub) -> (usize, Vec<Vec<DownloadEvent>>) {
+    let events = Mutex::new(vec![Vec::new(); files.len()]);
+    let failed = download_all(models, files, hub, 2, &AtomicBool::new(false), &|i, event| events.lock().unwrap()[i].push(event));
+    (failed, events.into_inner().unwrap())
+}
+
+fn payload(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u32).wrapping_mul(2654435761).rotate_left(u32::from(seed % 31)) as u8).collect()
+}
+
+/// Files in the models folder, relative, sorted (to see that nothing stray is left).
+fn listing(root: &Path) -> Vec<String> {
+    fn walk(dir: &Path, root: &Path, out: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, root, out);
+            } else {
+                out.push(path.strip_prefix(root).unwrap().display().to_string());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out.sort();
+    out
+}
+
+const BIG: ModelFile = models::UNET_WEIGHTS;
+const SMALL: ModelFile = models::VAE_CONFIG;
+
+#[test]
+fn downloads_lfs_and_plain_files_verified_with_their_checksums_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = MockHub::start();
+    let (big, small, space) = (payload(3_000_000, 1), br#"{"a": 1}"#.to_vec(), payload(50_000, 2));
+    hub.host(BIG, big.clone(), true);
+    hub.host(SMALL, small.clone(), false);
+    hub.host(models::DETECTOR, space.clone(), true);
+    let models = ModelsDir::new(dir.path().join("models"));
+    let (failed, events) = download(&models, &[BIG, SMALL, models::DETECTOR], &hub.hub(&dir.path().join("cache")));
+    assert_eq!(failed, 0, "{events:?}");
+    assert_eq!(std::fs::read(models.path(BIG)).unwrap(), big);
+    assert_eq!(std::fs::read(models.path(SMALL)).unwrap(), small);
+    assert_eq!(std::fs::read(models.path(models::DETECTOR)).unwrap(), space);
+    assert!(events.iter().all(|e| e.last() == Some(&DownloadEvent::Finished)), "{events:?}");
+    assert!(hub.log().iter().any(|l| l.starts_with("HEAD /spaces/FoivosPar/Arc2Face/resolve/main/models/antelopev2/")), "{:?}", hub.log());
+    let recorded = check::Checksums::read(&models);
+    assert_eq!(recorded.get(BIG).unwrap().checksum.hex(), sha256(&big));
+    assert_eq!(recorded.get(SMALL).unwrap().checksum.hex(), git_sha1(&small));
+    assert_eq!(listing(models.root()), ["antelopev2/scrfd_10g_bnkps.onnx", "arc2face/diffusion_pytorch_model.safetensors", "checksums.json", "vae/config.json"]);
+
+    // Present files are not fetched again.
+    let before = hub.log().len();
+    let (failed, events) = download(&models, &[BIG, SMALL], &hub.hub(&dir.path().join("cache")));
+    assert_eq!((failed, hub.log().len()), (0, before));
+    assert!(events.iter().all(|e| e == &[DownloadEvent::AlreadyPresent]));
+}
+
+#[test]
+fn a_download_cut_halfway_resumes_with_a_range_request_and_ends_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = MockHub::start();
+    let big = payload(4_000_000, 3);
+    hub.host(BIG, big.clone(), true);
+    hub.fault(BIG, Fault::CutAfter(2_000_000));
+    let models = ModelsDir::new(dir.path().join("models"));
+    let (failed, events) = download(&models, &[BIG], &hub.hub(&dir.path().join("cache")));
+    assert_eq!(failed, 0, "{events:?}");
+    assert!(events[0].iter().any(|e| matches!(e, DownloadEvent::Retrying { message } if message.contains("2000000 of 4000000"))), "{events:?}");
+    let gets: Vec<String> = hub.log().into_iter().filter(|l| l.starts_with("GET /cdn/")).collect();
+    assert_eq!(gets.len(), 2, "{gets:?}");
+    assert!(gets[1].ends_with("range=bytes=2000000-"), "the second request resumes: {gets:?}");
+    assert_eq!(std::fs::read(models.path(BIG)).unwrap(), big);
+    assert!(!partial_path(&models.path(BIG)).exists());
+}
+
+#[test]
+fn a_partial_file_left_by_a_killed_process_is_resumed_not_restarted() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = MockHub::start();
+    let big = payload(3_000_000, 4);
+    hub.host(BIG, big.clone(), true);
+    let models = ModelsDir::new(dir.path().join("models"));
+    let part = partial_path(&models.path(BIG));
+    std::fs::create_dir_all(part.parent().unwrap()).unwrap();
+    std::fs::write(&part, &big[..1_234_567]).unwrap();
+    assert!(matches!(check::status(&models)[1].state, FileState::Missing { partial: Some(1_234_567), .. }));
+
+    let (failed, events) = download(&models, &[BIG], &hub.hub(&dir.path().join("cache")));
+    assert_eq!(failed, 0, "{events:?}");
+    assert_eq!(events[0][0], DownloadEvent::Started { total: 3_000_000, done: 1_234_567, from_cache: false });
+    assert!(hub.log().iter().any(|l| l.ends_with("range=bytes=1234567-")), "{:?}", hub.log());
+    assert_eq!(std::fs::read(models.path(BIG)).unwrap(), big);
+}
+
+#[test]
+fn corrupt_bytes_are_rejected_and_fetched_again_and_never_left_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = MockHub::start();
+    let big = payload(1_000_000, 5);
+    hub.host(BIG, big.clone(), true);
+    hub.fault(BIG, Fault::CorruptOnce);
+    let models = ModelsDir::new(dir.path().join("models"));
+    let (failed, events) = download(&models, &[BIG], &hub.hub(&dir.path().join("cache")));
+    assert_eq!(failed, 0, "{events:?}");
+    assert!(events[0].iter().any(|e| matches!(e, DownloadEvent::Retrying { message } if message.contains("checksum mismatch"))), "{events:?}");
+    assert_eq!(std::fs::read(models.path(BIG)).unwrap(), big);
+
+    // A source that never sends the right bytes: the file fails, and nothing is left behind.
+    let other = models::VAE_WEIGHTS;
+    hub.host(other, payload(500_000, 6), true);
+    hub.fault(other, Fault::CorruptAlways);
+    let (failed, events) = download(&models, &[other], &hub.hub(&dir.path().join("cache")));
+    assert_eq!(failed, 1);
+    let last = events[0].last().unwrap();
+    assert!(matches!(last, DownloadEvent::Failed { message } if message.contains("gave up after 3 tries") && message.contains("checksum mismatch")), "{last:?}");
+    assert!(!models.path(other).exists() && !partial_path(&models.path(other)).exists());
+}
+
+/// A Python-style hub cache holding `file`: blob named by checksum, snapshot link, refs/main.
+fn python_cache_with(cache: &Path, file: ModelFile, bytes: &[u8], checksum: &str) -> PathBuf {
+    let repo = cache.join(format!("models--{}", file.source.repo.replace('/', "--")));
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let blob = repo.join("blobs").join(checksum);
+    std::fs::create_dir_all(blob.parent().unwrap()).unwrap();
+    std::fs::write(&blob, bytes).unwrap();
+    let snapshot = repo.join("snapshots").join(commit).join(file.source.path);
+    std::fs::create_dir_all(snapshot.parent().unwrap()).unwrap();
+    let depth = file.source.path.matches('/').count() + 2;
+    std::os::unix::fs::symlink(format!("{}blobs/{checksum}", "../".repeat(depth)), &snapshot).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), commit).unwrap();
+    blob
+}
+
+#[test]
+fn offline_mode_is_served_from_the_python_hub_cache_without_any_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("hub-cache");
+    let big = payload(200_000, 7);
+    python_cache_with(&cache, BIG, &big, &sha256(&big));
+    let hub = MockHub::start();
+    let offline = Hub::new(HubConfig { endpoint: hub.endpoint.clone(), token: None, cache_dir: Some(cache.clone()), offline: true });
+    let models = ModelsDir::new(dir.path().join("models"));
+    let (failed, events) = download(&models, &[BIG, SMALL], &offline);
+    assert_eq!(failed, 1, "{events:?}");
+    assert!(hub.log().is_empty(), "offline mode made requests: {:?}", hub.log());
+    assert_eq!(std::fs::read(models.path(BIG)).unwrap(), big);
+    assert!(matches!(events[0][0], DownloadEvent::Started { from_cache: true, .. }));
+    let last = events[1].last().unwrap();
+    assert!(matches!(last, DownloadEvent::Failed { message } if message.contains("HF_HUB_OFFLINE") && message.contains("vae/config.json")), "{last:?}");
+}
+
+#[test]
+fn online_a_file_already_in_the_python_cache_is_not_downloaded_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("hub-cache");
+    let big = payload(300_000, 8);
+    python_cache_with(&cache, BIG, &big, &sha256(&big));
+    let hub = MockHub::start();
+    hub.host(BIG, big.clone(), true);
+    let models = ModelsDir::new(dir.path().join("models"));
+    let (failed, events) = download(&models, &[BIG], &hub.hub(&cache));
+    assert_eq!(failed, 0, "{events:?}");
+    assert!(hub.log().iter().all(|l| l.starts_with("HEAD ")), "only the metadata is asked for: {:?}", hub.log());
+    assert_eq!(std::fs::read(models.path(BIG)).unwrap(), big);
+
+    // A damaged cache entry is caught, named, and not copied into the models folder.
+    let other = models::VAE_WEIGHTS;
+    let good = payload(1000, 9);
+    let blob = python_cache_with(&cache, other, &good, &sha256(&good));
+    std::fs::write(&blob, &good[..500]).unwrap();
+    hub.host(other, good, true);
+    let (failed, events) = download(&models, &[other], &hub.hub(&cache));
+    assert_eq!(failed, 1);
+    let last = events[0].last().unwrap();
+    assert!(matches!(last, DownloadEvent::Failed { message } if message.contains("cache is damaged")), "{last:?}");
+    assert!(!models.path(other).exists());
+}
+
+#[test]
+fn missing_files_and_denied_access_are_reported_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = MockHub::start();
+    let models = ModelsDir::new(dir.path().join("models"));
+    let (failed, events) = download(&models, &[SMALL], &hub.hub(&dir.path().join("cache")));
+    assert_eq!(failed, 1);
+    let last = events[0].last().unwrap();
+    assert!(
+        matches!(last, DownloadEvent::Failed { message } if message.contains("stable-diffusion-v1-5/stable-diffusion-v1-5/resolve/main/vae/config.json: not found on the hub (404)")),
+        "{last:?}"
+    );
+
+    let big = payload(100_000, 10);
+    hub.host(BIG, big.clone(), true);
+    hub.state.lock().unwrap().token = Some("secret".into());
+    let (failed, events) = download(&models, &[BIG], &hub.hub(&dir.path().join("cache")));
+    assert_eq!(failed, 1);
+    let last = events[0].last().unwrap();
+    assert!(matches!(last, DownloadEvent::Failed { message } if message.contains("access denied (401)") && message.contains("HF_TOKEN")), "{last:?}");
+
+    // With the token it works, and the token never goes to the storage server.
+    let with_token = Hub::new(HubConfig {
+        endpoint: hub.endpoint.clone(),
+        token: Some("secret".into()),
+        cache_dir: Some(dir.path().join("cache")),
+        offline: false,
+    });
+    let (failed, events) = download(&models, &[BIG], &with_token);
+    assert_eq!(failed, 0, "{events:?}");
+    let log = hub.log();
+    assert!(log.iter().any(|l| l.starts_with("HEAD /FoivosPar") && l.ends_with("auth=Bearer secret")), "{log:?}");
+    assert!(log.iter().filter(|l| l.starts_with("GET /cdn/")).all(|l| !l.contains("auth=")), "{log:?}");
+}
+
+fn arc2face(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_arc2face"));
+    command.args(args).env_remove("HF_TOKEN").env_remove("HF_HUB_OFFLINE").env_remove("HF_HUB_CACHE").env_remove("ARC2FACE_MODELS");
+    command.envs(env.iter().copied()).output().unwrap()
+}
+
+#[test]
+fn cli_download_honours_the_hub_environment_variables() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = MockHub::start();
+    let (big, small) = (payload(600_000, 11), b"{}".to_vec());
+    hub.host(BIG, big.clone(), true);
+    hub.host(SMALL, small.clone(), false);
+    let models = dir.path().join("models");
+    let home = dir.path().join("hf-home");
+    let env = [("HF_ENDPOINT", hub.endpoint.as_str()), ("HF_HOME", home.to_str().unwrap())];
+    let args = ["models", "--models", models.to_str().unwrap(), "download", "--only", BIG.relative_path, "--only", SMALL.relative_path];
+    let output = arc2face(&args, &env);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("arc2face/diffusion_pytorch_model.safetensors: done, verified"), "{stderr}");
+    assert_eq!(std::fs::read(models.join(BIG.relative_path)).unwrap(), big);
+
+    // HF_HUB_OFFLINE with an empty cache: a clear failure and a non-zero exit.
+    std::fs::remove_file(models.join(SMALL.relative_path)).unwrap();
+    let output = arc2face(&args, &[("HF_ENDPOINT", hub.endpoint.as_str()), ("HF_HOME", home.to_str().unwrap()), ("HF_HUB_OFFLINE", "1")]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("vae/config.json: FAILED") && stderr.contains("HF_HUB_OFFLINE"), "{stderr}");
+}
