@@ -156,3 +156,40 @@ fn a_missing_models_folder_is_explained_and_the_app_stays_usable() {
     run_until(&mut harness, "the analysis", |app| app.state.analyzing.is_none());
     assert!(notices(harness.state()).iter().any(|n| n.contains("not an image")), "{:?}", notices(harness.state()));
 }
+
+#[test]
+fn the_models_window_downloads_what_is_missing_shows_failures_and_retries() {
+    use arc2face_studio::models::{self, ALL_FILES, check::FileState};
+    let dir = tempfile::tempdir().unwrap();
+    let hub = common::mock_hub::MockHub::start();
+    let missing_on_the_hub = models::DETECTOR;
+    for (i, file) in ALL_FILES.into_iter().enumerate().filter(|(_, f)| *f != missing_on_the_hub) {
+        hub.host(file, vec![i as u8; 10_000 * (i + 1)], file.relative_path.ends_with(".safetensors"));
+    }
+    let mut harness = harness(dir.path().join("models"), dir.path().join("gallery"));
+    harness.state_mut().hub = hub.config(&dir.path().join("hf-cache"));
+
+    harness.get_by_label("Get the models…").click();
+    // A new window and its grid take a few frames to size themselves before they show.
+    harness.run();
+    assert!(harness.query_by_label("arcface.onnx").is_some(), "the window lists every file");
+    assert_eq!(harness.query_all_by_label_contains("non-commercial research only").count(), 2, "licences are shown");
+    harness.get_by_label("Download missing (12)").click();
+    harness.step();
+    run_until(&mut harness, "the downloads", |app| app.state.models.task.is_none());
+
+    let models = &harness.state().state.models;
+    let present = models.statuses.iter().filter(|s| matches!(s.state, FileState::Present { .. })).count();
+    assert_eq!(present, 11);
+    assert!(models.transfers[missing_on_the_hub.relative_path].failed);
+    assert_eq!(harness.query_all_by_label_contains("not found on the hub (404)").count(), 1);
+    assert_eq!(harness.state().state.models.missing_required(), [missing_on_the_hub.relative_path]);
+
+    hub.host(missing_on_the_hub, vec![7; 5000], true);
+    harness.get_by_label("Retry").click();
+    harness.step();
+    run_until(&mut harness, "the retry", |app| app.state.models.task.is_none());
+    assert!(harness.state().state.models.missing_required().is_empty());
+    assert!(harness.query_by_label_contains("Model files missing").is_none(), "the banner is gone");
+    assert!(harness.query_by_label("Download missing (0)").is_some());
+}

@@ -2,6 +2,7 @@
 //! return `Action`s, `apply` changes the state and sends commands to the worker thread, and
 //! `drain_events` folds the worker's events back in, a few milliseconds' worth per frame.
 
+mod models_task;
 mod panels;
 pub mod state;
 
@@ -14,7 +15,9 @@ use image::RgbImage;
 
 use crate::engine::JobOutcome;
 use crate::gallery::history::{Gallery, SortOrder};
+use crate::models::hub::HubConfig;
 use crate::models::{self, ModelsDir};
+use models_task::{ModelsState, ModelsTask};
 use crate::worker::{Command, Event, GenerationRequest, Worker};
 use state::*;
 
@@ -47,15 +50,26 @@ pub enum Action {
     SetSort(SortOrder),
     BrowseModels,
     SetModelsDir(PathBuf),
+    ShowModelsWindow(bool),
+    /// Fetch these files of the models folder; none means every missing one.
+    DownloadModels(Vec<&'static str>),
+    VerifyModels,
+    CancelModelsTask,
     DismissNotice(usize),
     UpdateSettings(Box<Settings>),
 }
 
 pub struct StudioApp {
     pub state: AppState,
+    /// Where downloads come from: the environment's Hugging Face settings (tests point it at a
+    /// local server).
+    pub hub: HubConfig,
     worker: Worker,
     ctx: egui::Context,
 }
+
+/// The app's id on desktops (packaging/io.github.arc2face.Studio.desktop).
+pub const APP_ID: &str = "io.github.arc2face.Studio";
 
 /// Where the app keeps its gallery when nothing else is said.
 pub fn default_gallery_dir() -> PathBuf {
@@ -64,10 +78,14 @@ pub fn default_gallery_dir() -> PathBuf {
 
 /// Opens the window and runs until it closes.
 pub fn run(models_dir: Option<PathBuf>, photos: Vec<PathBuf>) -> anyhow::Result<()> {
+    let icon = eframe::icon_data::from_png_bytes(include_bytes!("../../icons/hicolor/256x256/apps/io.github.arc2face.Studio.png"))
+        .expect("the embedded icon is a PNG");
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
             .with_title("Arc2Face Studio")
-            .with_app_id("arc2face-studio")
+            // The desktop file's name and StartupWMClass: desktops match the window to it.
+            .with_app_id(APP_ID)
+            .with_icon(std::sync::Arc::new(icon))
             .with_inner_size([1280.0, 800.0])
             .with_min_inner_size([800.0, 560.0])
             .with_drag_and_drop(true),
@@ -95,9 +113,12 @@ impl StudioApp {
             let fallback = std::env::temp_dir().join(format!("arc2face-gallery-{}", std::process::id()));
             Gallery::open(&fallback).expect("a gallery in the temporary folder")
         });
+        let mut models = ModelsState::default();
+        models.refresh(&ModelsDir::new(&models_dir));
         let mut app = Self {
+            hub: HubConfig::from_env(),
             state: AppState {
-                missing_models: missing_models(&models_dir),
+                models,
                 settings,
                 models_dir,
                 photo: None,
@@ -233,10 +254,39 @@ impl StudioApp {
                 }
             }
             Action::SetModelsDir(dir) => {
-                state.missing_models = missing_models(&dir);
+                if let Some(task) = &state.models.task {
+                    task.cancel();
+                }
+                state.models.refresh(&ModelsDir::new(&dir));
                 state.settings.models_dir = Some(dir.clone());
                 state.models_dir = dir.clone();
                 self.worker.send(Command::UnloadModels { models_dir: dir });
+            }
+            Action::ShowModelsWindow(open) => {
+                state.models.window_open = open;
+                if open && state.models.task.is_none() {
+                    state.models.refresh(&ModelsDir::new(&state.models_dir));
+                }
+            }
+            Action::DownloadModels(only) => {
+                let files: Vec<_> =
+                    state.models.downloadable().into_iter().filter(|f| only.is_empty() || only.contains(&f.relative_path)).collect();
+                if state.models.task.is_none() && !files.is_empty() {
+                    let wake = self.ctx.clone();
+                    let models = ModelsDir::new(&state.models_dir);
+                    state.models.task = Some(ModelsTask::download(models, files, self.hub.clone(), move || wake.request_repaint()));
+                }
+            }
+            Action::VerifyModels => {
+                if state.models.task.is_none() {
+                    let wake = self.ctx.clone();
+                    state.models.task = Some(ModelsTask::verify(ModelsDir::new(&state.models_dir), move || wake.request_repaint()));
+                }
+            }
+            Action::CancelModelsTask => {
+                if let Some(task) = &state.models.task {
+                    task.cancel();
+                }
             }
             Action::UpdateSettings(settings) => state.settings = *settings,
             Action::DismissNotice(index) => {
@@ -295,12 +345,23 @@ impl StudioApp {
         }
     }
 
-    /// Folds in worker events until the queue is empty or the frame's budget is spent.
+    /// Folds in worker and download events until none are left or the frame's budget is spent.
     pub fn drain_events(&mut self) {
         let started = Instant::now();
         while started.elapsed() < EVENT_BUDGET {
             let Some(event) = self.worker.try_recv() else { break };
             self.handle_event(event);
+        }
+        while started.elapsed() < EVENT_BUDGET {
+            let models = &mut self.state.models;
+            let Some(event) = models.task.as_ref().and_then(ModelsTask::try_recv) else { break };
+            if models.handle(event) {
+                models.refresh(&ModelsDir::new(&self.state.models_dir));
+                if models.missing_required().is_empty() {
+                    // Anything that failed to load before the download loads afresh.
+                    self.worker.send(Command::UnloadModels { models_dir: self.state.models_dir.clone() });
+                }
+            }
         }
     }
 
@@ -449,8 +510,8 @@ impl eframe::App for StudioApp {
         for action in actions {
             self.apply(action);
         }
-        if self.state.running.is_some() || self.state.analyzing.is_some() {
-            // Keep the ETA ticking between step events.
+        if self.state.running.is_some() || self.state.analyzing.is_some() || self.state.models.task.is_some() {
+            // Keep ETAs and speeds ticking between events.
             ctx.request_repaint_after(Duration::from_millis(250));
         }
     }
@@ -480,16 +541,6 @@ fn select_entry(gallery: &mut GalleryState, id: u64, extend: bool, toggle: bool)
 
 fn notify_error(state: &mut AppState, text: String) {
     state.notices.push(Notice { text, is_error: true });
-}
-
-fn missing_models(dir: &Path) -> Vec<&'static str> {
-    let models = ModelsDir::new(dir);
-    models::GENERATION_FILES
-        .iter()
-        .chain([&models::DETECTOR, &models::RECOGNIZER])
-        .filter(|file| !models.path(**file).is_file())
-        .map(|file| file.relative_path)
-        .collect()
 }
 
 pub fn color_image(image: &RgbImage) -> ColorImage {

@@ -19,7 +19,128 @@ pub fn show(ui: &mut Ui, state: &AppState) -> Vec<Action> {
         egui::ScrollArea::vertical().show(ui, |ui| photo(ui, state, &mut actions));
     });
     egui::CentralPanel::default().show(ui, |ui| central(ui, state, &mut actions));
+    if state.models.window_open {
+        models_window(ui.ctx(), state, &mut actions);
+    }
     actions
+}
+
+const WARNING: Color32 = Color32::from_rgb(230, 160, 60);
+const ERROR: Color32 = Color32::from_rgb(235, 90, 90);
+
+/// The models folder, file by file: state, size, download progress, licence; download, cancel,
+/// retry and check.
+fn models_window(ctx: &egui::Context, state: &AppState, actions: &mut Vec<Action>) {
+    use crate::models::check::{FileState, human_bytes};
+    let models = &state.models;
+    let mut open = true;
+    egui::Window::new("Models").open(&mut open).default_width(900.0).default_height(560.0).vscroll(true).show(ctx, |ui| {
+        ui.horizontal(|ui| {
+            ui.label(format!("Folder: {}", state.models_dir.display()));
+            if ui.add_enabled(models.task.is_none(), egui::Button::new("Change folder…")).clicked() {
+                actions.push(Action::BrowseModels);
+            }
+        });
+        // Above the list, so that they stay in view however long it is.
+        ui.horizontal(|ui| {
+            let missing = models.downloadable().len();
+            match &models.task {
+                Some(task) => {
+                    ui.spinner();
+                    ui.label(if task.verifying { "Checking files…" } else { "Downloading…" });
+                    if ui.button("Cancel").clicked() {
+                        actions.push(Action::CancelModelsTask);
+                    }
+                }
+                None => {
+                    let label = format!("Download missing ({missing})");
+                    if ui.add_enabled(missing > 0, egui::Button::new(label)).on_hover_text("From the Hugging Face Hub, or its local cache; resumable, checksum-verified").clicked() {
+                        actions.push(Action::DownloadModels(Vec::new()));
+                    }
+                    if ui.button("Check files").on_hover_text("Open every file as the app would and compare it with its download checksum").clicked() {
+                        actions.push(Action::VerifyModels);
+                    }
+                }
+            }
+        });
+        ui.separator();
+        egui::Grid::new("model files").striped(true).num_columns(5).spacing([12.0, 6.0]).show(ui, |ui| {
+            for heading in ["File", "Needed for", "State", "Licence", ""] {
+                ui.strong(heading);
+            }
+            ui.end_row();
+            for status in &models.statuses {
+                let file = status.file;
+                ui.label(file.relative_path).on_hover_text(file.what);
+                ui.label(file.needed_for.label());
+                let transfer = models.transfers.get(file.relative_path);
+                match transfer {
+                    Some(t) if t.total > 0 && !t.failed => {
+                        ui.vertical(|ui| {
+                            let fraction = t.done as f32 / t.total as f32;
+                            ui.add(egui::ProgressBar::new(fraction).desired_width(260.0).text(format!(
+                                "{} of {}",
+                                human_bytes(t.done),
+                                human_bytes(t.total)
+                            )));
+                            let speed = t.rate.bytes_per_second().map(|s| format!("{}/s", human_bytes(s as u64))).unwrap_or_default();
+                            let eta = t.rate.time_left(t.total).map(|d| format!(", {} left", short_duration(d.as_secs_f64()))).unwrap_or_default();
+                            ui.small(format!("{speed}{eta} {}", t.note.as_deref().unwrap_or_default()));
+                        });
+                    }
+                    Some(t) => {
+                        let color = if t.failed { ERROR } else { ui.visuals().text_color() };
+                        state_label(ui, t.note.as_deref().unwrap_or_default(), color);
+                    }
+                    None => {
+                        let color = match status.state {
+                            FileState::Present { .. } => ui.visuals().text_color(),
+                            FileState::Missing { .. } if !file.needed_for.required() => ui.visuals().weak_text_color(),
+                            _ => WARNING,
+                        };
+                        state_label(ui, &status.describe(), color);
+                    }
+                }
+                ui.label(file.licence);
+                let failed = transfer.is_some_and(|t| t.failed);
+                if failed && models.task.is_none() && ui.button("Retry").clicked() {
+                    actions.push(Action::DownloadModels(vec![file.relative_path]));
+                }
+                if !failed {
+                    ui.label("");
+                }
+                ui.end_row();
+            }
+        });
+        ui.separator();
+        match &models.runtime {
+            Some(Ok(path)) => ui.label(format!("ONNX Runtime {}: {}", crate::face::runtime::ONNXRUNTIME_VERSION, path.display())),
+            Some(Err(message)) => ui.colored_label(WARNING, format!("ONNX Runtime: {message}")),
+            None => ui.label(""),
+        };
+        ui.small("insightface's models and the Expression Adapter are for non-commercial use; check each licence before using results commercially.");
+    });
+    if !open {
+        actions.push(Action::ShowModelsWindow(false));
+    }
+}
+
+/// A file's state, wrapped so that a long explanation cannot push the Retry button out of view.
+fn state_label(ui: &mut Ui, text: &str, color: Color32) {
+    ui.vertical(|ui| {
+        ui.set_max_width(340.0);
+        ui.add(egui::Label::new(RichText::new(text).color(color)).wrap());
+    });
+}
+
+/// 42 s, 3 min 5 s, 1 h 12 min.
+fn short_duration(seconds: f64) -> String {
+    let s = seconds.round() as u64;
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min {} s", s / 60, s % 60),
+        _ => format!("{} h {} min", s / 3600, s % 3600 / 60),
+    }
 }
 
 fn top_bar(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
@@ -38,9 +159,8 @@ fn top_bar(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
             }
         });
         ui.separator();
-        ui.label(format!("Models: {}", state.models_dir.display()));
-        if ui.button("Change…").clicked() {
-            actions.push(Action::BrowseModels);
+        if ui.button("Models…").on_hover_text(state.models_dir.display().to_string()).clicked() {
+            actions.push(Action::ShowModelsWindow(true));
         }
         if let Some(what) = &state.busy {
             ui.separator();
@@ -48,18 +168,21 @@ fn top_bar(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
             ui.label(what);
         }
     });
-    if !state.missing_models.is_empty() {
-        ui.colored_label(
-            Color32::from_rgb(230, 160, 60),
-            format!(
-                "Model files missing in this folder: {}. Put the Arc2Face files there (see README) or choose another folder.",
-                state.missing_models.join(", ")
-            ),
-        );
+    let missing = state.models.missing_required();
+    if !missing.is_empty() {
+        ui.horizontal_wrapped(|ui| {
+            ui.colored_label(
+                WARNING,
+                format!("Model files missing in {}: {}.", state.models_dir.display(), missing.join(", ")),
+            );
+            if ui.button("Get the models…").clicked() {
+                actions.push(Action::ShowModelsWindow(true));
+            }
+        });
     }
     for (index, notice) in state.notices.iter().enumerate() {
         ui.horizontal(|ui| {
-            let color = if notice.is_error { Color32::from_rgb(235, 90, 90) } else { ui.visuals().text_color() };
+            let color = if notice.is_error { ERROR } else { ui.visuals().text_color() };
             ui.colored_label(color, &notice.text);
             if ui.small_button("Dismiss").clicked() {
                 actions.push(Action::DismissNotice(index));
@@ -215,7 +338,7 @@ fn central(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
             let request = &running.request;
             ui.heading(format!("Generating image {} of {}", running.image_index + 1, request.num_images));
             let total = (request.num_images * request.steps).max(1);
-            let eta = running.seconds_left().map(|s| format!(", about {s:.0} s left")).unwrap_or_default();
+            let eta = running.seconds_left().map(|s| format!(", about {} left", short_duration(s))).unwrap_or_default();
             ui.add(
                 egui::ProgressBar::new(running.steps_done as f32 / total as f32)
                     .text(format!("step {}/{} · {:.2} it/s{eta}", running.step, running.steps.max(request.steps), running.iterations_per_second())),

@@ -7,6 +7,7 @@ use std::time::Instant;
 use egui::TextureHandle;
 use serde::{Deserialize, Serialize};
 
+use super::models_task::ModelsState;
 use crate::face::Face;
 use crate::gallery::history::{Gallery, Removed, SortOrder};
 use crate::worker::GenerationRequest;
@@ -91,8 +92,8 @@ pub struct GalleryState {
 pub struct AppState {
     pub settings: Settings,
     pub models_dir: PathBuf,
-    /// Files of the models folder that are missing, checked at start and when it changes.
-    pub missing_models: Vec<&'static str>,
+    /// The models folder's files as last checked, and the Models window's download or check.
+    pub models: ModelsState,
     pub photo: Option<PhotoState>,
     /// A photo sent to the worker and not yet analysed.
     pub analyzing: Option<PathBuf>,

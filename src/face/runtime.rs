@@ -2,7 +2,8 @@
 //! (`load-dynamic`), so the app builds and starts without it and says how to get it.
 //!
 //! Where the library is looked for, in order: `ORT_DYLIB_PATH`; next to the executable; the
-//! app's data folder (`…/arc2face-studio/onnxruntime/`).
+//! packaged location relative to it (`../lib/arc2face/`, where the .deb puts it); the app's data
+//! folder (`…/arc2face-studio/onnxruntime/`).
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -42,8 +43,10 @@ fn candidates() -> Vec<PathBuf> {
     if let Some(path) = std::env::var_os("ORT_DYLIB_PATH") {
         found.push(PathBuf::from(path));
     }
+    let exe_dir = std::env::current_exe().ok().and_then(|exe| exe.parent().map(PathBuf::from));
     let dirs = [
-        std::env::current_exe().ok().and_then(|exe| exe.parent().map(PathBuf::from)),
+        exe_dir.clone(),
+        exe_dir.map(|dir| dir.join("../lib/arc2face")),
         data_dir().map(|dir| dir.join("onnxruntime")),
     ];
     for dir in dirs.into_iter().flatten() {

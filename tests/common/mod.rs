@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: the committed tiny fixture and error measures.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod mock_hub;
+
 use std::path::PathBuf;
 
 use candle_core::{DType, Tensor};

@@ -1,0 +1,164 @@
+//! The Models window's background work: downloading or verifying model files on a thread of
+//! its own (never the generation worker's: a 3 GB download must not hold up a generation),
+//! reporting through a channel that the UI drains each frame.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::models::check::{self, FileState, FileStatus};
+use crate::models::download::{self, DownloadEvent, TransferRate};
+use crate::models::hub::{Hub, HubConfig};
+use crate::models::{ALL_FILES, ModelFile, ModelsDir};
+
+/// Files fetched at once.
+const PARALLEL_DOWNLOADS: usize = 2;
+
+pub enum TaskEvent {
+    File { relative_path: &'static str, event: DownloadEvent },
+    Checking { relative_path: &'static str },
+    Verified(Vec<FileStatus>),
+    Finished,
+}
+
+/// A download or a verification under way.
+pub struct ModelsTask {
+    pub verifying: bool,
+    cancel: Arc<AtomicBool>,
+    events: Receiver<TaskEvent>,
+}
+
+impl ModelsTask {
+    /// Fetches `files` into `models`; `wake` repaints the UI after each event.
+    pub fn download(models: ModelsDir, files: Vec<ModelFile>, hub: HubConfig, wake: impl Fn() + Send + Sync + 'static) -> Self {
+        Self::spawn(false, wake, move |cancel, send| {
+            let report = |index: usize, event| send(TaskEvent::File { relative_path: files[index].relative_path, event });
+            download::download_all(&models, &files, &Hub::new(hub), PARALLEL_DOWNLOADS, cancel, &report);
+        })
+    }
+
+    /// Opens every present file as its loader would (hashing those with a recorded checksum).
+    pub fn verify(models: ModelsDir, wake: impl Fn() + Send + Sync + 'static) -> Self {
+        Self::spawn(true, wake, move |_, send| {
+            let statuses = check::verify(&models, |file| send(TaskEvent::Checking { relative_path: file.relative_path }));
+            send(TaskEvent::Verified(statuses));
+        })
+    }
+
+    fn spawn(
+        verifying: bool,
+        wake: impl Fn() + Send + Sync + 'static,
+        work: impl FnOnce(&AtomicBool, &(dyn Fn(TaskEvent) + Sync)) + Send + 'static,
+    ) -> Self {
+        let (sender, events): (Sender<TaskEvent>, _) = crossbeam_channel::unbounded();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let task_cancel = cancel.clone();
+        std::thread::Builder::new()
+            .name("models".into())
+            .spawn(move || {
+                let send = |event| {
+                    let _ = sender.send(event);
+                    wake();
+                };
+                work(&task_cancel, &send);
+                send(TaskEvent::Finished);
+            })
+            .expect("the models thread starts");
+        Self { verifying, cancel, events }
+    }
+
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
+
+    pub fn try_recv(&self) -> Option<TaskEvent> {
+        self.events.try_recv().ok()
+    }
+}
+
+/// One file's transfer as the Models window shows it.
+#[derive(Debug, Clone, Default)]
+pub struct Transfer {
+    pub total: u64,
+    pub done: u64,
+    pub rate: TransferRate,
+    /// "from the Hugging Face cache", "retrying: …", "failed: …", "cancelled", "checking".
+    pub note: Option<String>,
+    pub failed: bool,
+}
+
+/// What the Models window shows: each file's state and transfer, and the task under way.
+#[derive(Default)]
+pub struct ModelsState {
+    pub window_open: bool,
+    pub statuses: Vec<FileStatus>,
+    pub transfers: HashMap<&'static str, Transfer>,
+    pub task: Option<ModelsTask>,
+    /// Where the ONNX Runtime library was found, or why not.
+    pub runtime: Option<Result<PathBuf, String>>,
+}
+
+impl ModelsState {
+    pub fn refresh(&mut self, models: &ModelsDir) {
+        self.statuses = check::status(models);
+        self.runtime = Some(crate::face::runtime::runtime().map(|r| r.library.clone()));
+    }
+
+    /// Files the app cannot generate from a photo without.
+    pub fn missing_required(&self) -> Vec<&'static str> {
+        self.statuses
+            .iter()
+            .filter(|s| s.file.needed_for.required() && !matches!(s.state, FileState::Present { .. }))
+            .map(|s| s.file.relative_path)
+            .collect()
+    }
+
+    /// The files a "Download missing" fetches.
+    pub fn downloadable(&self) -> Vec<ModelFile> {
+        ALL_FILES.into_iter().filter(|f| self.statuses.iter().any(|s| s.file == *f && matches!(s.state, FileState::Missing { .. }))).collect()
+    }
+
+    /// Folds in one event; returns true when a download has ended and the folder should be re-read.
+    pub fn handle(&mut self, event: TaskEvent) -> bool {
+        match event {
+            TaskEvent::File { relative_path, event } => {
+                let transfer = self.transfers.entry(relative_path).or_default();
+                match event {
+                    DownloadEvent::Started { total, done, from_cache } => {
+                        *transfer = Transfer { total, done, note: from_cache.then(|| "from the Hugging Face cache".into()), ..Default::default() };
+                        transfer.rate.record(Instant::now(), done);
+                    }
+                    DownloadEvent::Progress { done } => {
+                        transfer.done = done;
+                        transfer.rate.record(Instant::now(), done);
+                    }
+                    DownloadEvent::Retrying { message } => transfer.note = Some(format!("retrying: {message}")),
+                    DownloadEvent::Finished | DownloadEvent::AlreadyPresent => {
+                        self.transfers.remove(relative_path);
+                    }
+                    DownloadEvent::Failed { message } => {
+                        transfer.note = Some(message);
+                        transfer.failed = true;
+                    }
+                    DownloadEvent::Cancelled => transfer.note = Some("cancelled; Download resumes it".into()),
+                }
+                false
+            }
+            TaskEvent::Checking { relative_path } => {
+                self.transfers.insert(relative_path, Transfer { note: Some("checking".into()), ..Default::default() });
+                false
+            }
+            TaskEvent::Verified(statuses) => {
+                self.transfers.retain(|_, t| t.note.as_deref() != Some("checking"));
+                self.statuses = statuses;
+                false
+            }
+            // A verification's statuses are already in; a download's need the folder re-read.
+            TaskEvent::Finished => self.task.take().is_some_and(|task| !task.verifying),
+        }
+    }
+}
