@@ -98,16 +98,55 @@ fn drop_pick_generate_watch_and_export() {
     harness.step();
     let exported: Vec<PathBuf> = std::fs::read_dir(&export).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(exported.len(), 2);
-    for path in exported {
-        let meta = metadata::read_metadata(&path).unwrap().expect("metadata travels with the export");
+    for path in &exported {
+        let meta = metadata::read_metadata(path).unwrap().expect("metadata travels with the export");
         assert_eq!((meta.steps, meta.guidance), (3, 3.0));
         assert!(meta.identity_source.contains("astronaut.jpg (face 1)"), "{}", meta.identity_source);
     }
+
+    // Dropping an exported image back in restores its settings and reopens its face.
+    let seed = metadata::read_metadata(&exported[0]).unwrap().unwrap().seed;
+    {
+        let state = &mut harness.state_mut().state;
+        (state.settings.steps, state.settings.guidance, state.settings.seed_locked) = (20, 5.0, false);
+        state.photo = None;
+    }
+    drop_photo(&mut harness, exported[0].clone());
+    run_until(&mut harness, "the photo reopened", |app| app.state.photo.is_some());
+    let state = &harness.state().state;
+    assert_eq!((state.settings.steps, state.settings.guidance, Some(state.settings.seed), state.settings.seed_locked), (3, 3.0, seed, true));
+    let photo_state = state.photo.as_ref().unwrap();
+    assert!(photo_state.path.ends_with("astronaut.jpg") && photo_state.selected_face == Some(1));
+    assert!(notices(harness.state()).iter().any(|n| n.starts_with("Settings restored from")));
 
     // History is kept across runs.
     drop(harness);
     let harness = self::harness(common::generation_and_face_models(dir.path()), dir.path().join("gallery"));
     assert_eq!(harness.state().state.gallery.gallery.entries().len(), 2);
+}
+
+#[test]
+fn faces_of_several_photos_combine_into_one_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut harness = harness(common::generation_and_face_models(dir.path()), dir.path().join("gallery"));
+    drop_photo(&mut harness, photo("astronaut.jpg"));
+    run_until(&mut harness, "faces", |app| app.state.photo.is_some());
+    let (first, first_face) = harness.state().state.photo.as_ref().map(|p| (p.faces[p.selected_face.unwrap()].embedding.clone(), p.selected_face.unwrap())).unwrap();
+    harness.get_by_label("Keep face, add another photo").click();
+    harness.step();
+    assert_eq!(harness.state().state.kept_faces.len(), 1);
+    drop_photo(&mut harness, photo("two_faces.jpg"));
+    run_until(&mut harness, "faces of the second photo", |app| app.state.photo.as_ref().is_some_and(|p| p.path.ends_with("two_faces.jpg")));
+    assert!(harness.query_by_label_contains("Identity combines astronaut.jpg").is_some());
+    let (second, second_face) = harness.state().state.photo.as_ref().map(|p| (p.faces[p.selected_face.unwrap()].embedding.clone(), p.selected_face.unwrap())).unwrap();
+    harness.state_mut().state.settings.steps = 100;
+    harness.get_by_label("Generate").click();
+    harness.step();
+    let request = harness.state().state.running.as_ref().map(|r| r.request.clone()).expect("a job runs");
+    assert_eq!(request.identity_source, format!("astronaut.jpg (face {first_face}), two_faces.jpg (face {second_face})"));
+    assert_eq!(request.identity, arc2face_studio::face::mean_identity(&[first, second]));
+    harness.get_by_label("Cancel").click();
+    run_until(&mut harness, "the cancellation", |app| app.state.running.is_none());
 }
 
 #[test]

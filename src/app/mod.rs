@@ -15,6 +15,7 @@ use image::RgbImage;
 
 use crate::engine::JobOutcome;
 use crate::gallery::history::{Gallery, SortOrder};
+use crate::gallery::metadata::{self, GenerationMetadata};
 use crate::models::hub::HubConfig;
 use crate::models::{self, ModelsDir};
 use models_task::{ModelsState, ModelsTask};
@@ -31,6 +32,12 @@ pub enum Action {
     OpenPhoto(PathBuf),
     BrowsePhoto,
     SelectFace(usize),
+    /// Keep the selected face and combine it with faces of further photos into one identity.
+    KeepFace,
+    ClearKeptFaces,
+    /// Restore the settings (and, when it is a recent photo, the face) an exported image was
+    /// made with.
+    RestoreFrom { path: PathBuf, metadata: Box<GenerationMetadata> },
     Generate,
     CancelRunning,
     RemoveQueued(u64),
@@ -123,6 +130,8 @@ impl StudioApp {
                 models_dir,
                 photo: None,
                 analyzing: None,
+                pending_face: None,
+                kept_faces: Vec::new(),
                 queue: VecDeque::new(),
                 running: None,
                 next_job_id: 1,
@@ -170,6 +179,45 @@ impl StudioApp {
                 if let Some(photo) = &mut state.photo {
                     photo.selected_face = Some(index);
                 }
+            }
+            Action::KeepFace => {
+                if let Some(photo) = &state.photo
+                    && let Some(index) = photo.selected_face
+                {
+                    let source = crate::face::identity_source(&photo.path, index);
+                    if !state.kept_faces.iter().any(|kept| kept.source == source) {
+                        state.kept_faces.push(KeptFace { source, embedding: photo.faces[index].embedding.clone() });
+                    }
+                }
+            }
+            Action::ClearKeptFaces => state.kept_faces.clear(),
+            Action::RestoreFrom { path, metadata } => {
+                state.settings.steps = metadata.steps;
+                state.settings.guidance = metadata.guidance;
+                if let Some(seed) = metadata.seed {
+                    state.settings.seed = seed;
+                    state.settings.seed_locked = true;
+                }
+                let seed = metadata.seed.map_or("none".into(), |s| s.to_string());
+                let mut text = format!(
+                    "Settings restored from {}: seed {seed}, {} steps, guidance {:.1}",
+                    file_name(&path),
+                    metadata.steps,
+                    metadata.guidance
+                );
+                let source = crate::face::parse_identity_source(&metadata.identity_source);
+                let photo = source.and_then(|(name, face)| {
+                    let recent = state.settings.recent_photos.iter().find(|p| p.file_name().is_some_and(|n| n.to_string_lossy() == name));
+                    recent.map(|p| (p.clone(), face))
+                });
+                match photo {
+                    Some((photo, face)) => {
+                        state.pending_face = Some((photo.clone(), face));
+                        self.apply(Action::OpenPhoto(photo));
+                    }
+                    None => text.push_str(&format!("; its identity came from {}: open that photo to make it again", metadata.identity_source)),
+                }
+                self.state.notices.push(Notice { text, is_error: false });
             }
             Action::Generate => self.queue_generation(),
             Action::CancelRunning => {
@@ -310,12 +358,17 @@ impl StudioApp {
         if !state.settings.seed_locked {
             state.settings.seed = crate::engine::random_seed();
         }
-        let face = &photo.faces[face_index];
-        let norm = face.embedding.iter().map(|v| v * v).sum::<f32>().sqrt().max(f32::MIN_POSITIVE);
+        let selected = crate::face::identity_source(&photo.path, face_index);
+        let mut embeddings: Vec<Vec<f32>> = state.kept_faces.iter().map(|kept| kept.embedding.clone()).collect();
+        let mut sources: Vec<String> = state.kept_faces.iter().map(|kept| kept.source.clone()).collect();
+        if !sources.contains(&selected) {
+            embeddings.push(photo.faces[face_index].embedding.clone());
+            sources.push(selected);
+        }
         let request = GenerationRequest {
             job_id: state.next_job_id,
-            identity: face.embedding.iter().map(|v| v / norm).collect(),
-            identity_source: crate::face::identity_source(&photo.path, face_index),
+            identity: crate::face::mean_identity(&embeddings),
+            identity_source: sources.join(", "),
             num_images: state.settings.num_images,
             steps: state.settings.steps,
             guidance: state.settings.guidance,
@@ -376,7 +429,8 @@ impl StudioApp {
                 if faces.is_empty() {
                     notify_error(state, format!("No face found in {}: try a photo with more margin around the face", file_name(&path)));
                 }
-                let selected_face = crate::face::largest_face(&faces);
+                let restored = state.pending_face.take_if(|(pending, _)| pending == &path).map(|(_, face)| face);
+                let selected_face = restored.filter(|&face| face < faces.len()).or_else(|| crate::face::largest_face(&faces));
                 let size = [photo.width() as usize, photo.height() as usize];
                 let texture = self.ctx.load_texture(format!("photo:{}", path.display()), color_image(&photo), TextureOptions::LINEAR);
                 state.photo = Some(PhotoState { path, texture, size, faces, selected_face });
@@ -463,7 +517,12 @@ impl StudioApp {
     fn handle_input(&mut self, ctx: &egui::Context) {
         let dropped: Vec<PathBuf> = ctx.input(|i| i.raw.dropped_files.iter().map(|f| f.path().to_path_buf()).collect());
         for path in dropped {
-            self.apply(Action::OpenPhoto(path));
+            // An image this app made carries its settings (a few bytes before the pixels).
+            let made_here = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")).then(|| metadata::read_metadata(&path).ok().flatten()).flatten();
+            match made_here {
+                Some(metadata) => self.apply(Action::RestoreFrom { path, metadata: Box::new(metadata) }),
+                None => self.apply(Action::OpenPhoto(path)),
+            }
         }
         use egui::{Key, KeyboardShortcut, Modifiers};
         let shortcuts = [

@@ -204,8 +204,8 @@ fn photo(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
         ui.label("Drop a photo here, or Open photo… (Ctrl+O).");
         return;
     };
-    // Fit the photo in the panel, leaving room for the face buttons below it.
-    let max_height = (ui.available_height() - 70.0).max(120.0);
+    // Fit the photo in the panel, leaving room for the face and identity rows below it.
+    let max_height = (ui.available_height() - 110.0).max(120.0);
     let scale = (ui.available_width().min(600.0) / photo.size[0] as f32).min(max_height / photo.size[1] as f32);
     let size = Vec2::new(photo.size[0] as f32 * scale, photo.size[1] as f32 * scale);
     let (rect, response) = ui.allocate_exact_size(size, Sense::click());
@@ -245,6 +245,25 @@ fn photo(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
             let button = ui.selectable_label(photo.selected_face == Some(index), label);
             if button.on_hover_text(format!("detector score {:.2}", face.score)).clicked() {
                 actions.push(Action::SelectFace(index));
+            }
+        }
+    });
+    identity(ui, state, actions);
+}
+
+/// Several photos of one person make a steadier identity: faces kept here are averaged with the
+/// one selected now.
+fn identity(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
+    ui.horizontal_wrapped(|ui| {
+        let hint = "Keep this face, then open another photo of the same person: the identity combines them";
+        if ui.button("Keep face, add another photo").on_hover_text(hint).clicked() {
+            actions.push(Action::KeepFace);
+        }
+        if !state.kept_faces.is_empty() {
+            let sources: Vec<&str> = state.kept_faces.iter().map(|kept| kept.source.as_str()).collect();
+            ui.label(format!("Identity combines {} and the selected face", sources.join(", ")));
+            if ui.small_button("Clear").on_hover_text("Use only the selected face").clicked() {
+                actions.push(Action::ClearKeptFaces);
             }
         }
     });

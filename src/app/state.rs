@@ -44,6 +44,14 @@ pub struct PhotoState {
     pub selected_face: Option<usize>,
 }
 
+/// A face kept for the identity while further photos of the same person are opened; the
+/// identity generated is the mean of the kept faces and the face selected now.
+pub struct KeptFace {
+    /// "photo.jpg (face 0)", as the metadata records it.
+    pub source: String,
+    pub embedding: Vec<f32>,
+}
+
 /// The job the worker is running.
 pub struct RunningJob {
     pub request: GenerationRequest,
@@ -97,6 +105,9 @@ pub struct AppState {
     pub photo: Option<PhotoState>,
     /// A photo sent to the worker and not yet analysed.
     pub analyzing: Option<PathBuf>,
+    /// The face to select when this photo's faces arrive (restoring an image's settings).
+    pub pending_face: Option<(PathBuf, usize)>,
+    pub kept_faces: Vec<KeptFace>,
     pub queue: VecDeque<GenerationRequest>,
     pub running: Option<RunningJob>,
     pub next_job_id: u64,

@@ -64,6 +64,12 @@ pub fn identity_source(photo: &Path, face: usize) -> String {
     format!("{name} (face {face})")
 }
 
+/// The photo's file name and face index of one `identity_source` text, if it names one face.
+pub fn parse_identity_source(source: &str) -> Option<(&str, usize)> {
+    let (name, rest) = source.rsplit_once(" (face ")?;
+    Some((name, rest.strip_suffix(')')?.parse().ok()?))
+}
+
 /// The index of the largest face, the one picked when the user does not choose.
 pub fn largest_face(faces: &[Face]) -> Option<usize> {
     (0..faces.len()).max_by(|&a, &b| faces[a].area().total_cmp(&faces[b].area()))
