@@ -5,8 +5,9 @@
 mod models_task;
 mod panels;
 pub mod state;
+mod thumbnails;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,7 @@ use crate::gallery::metadata::{self, GenerationMetadata};
 use crate::models::hub::HubConfig;
 use crate::models::{self, ModelsDir};
 use models_task::{ModelsState, ModelsTask};
+use thumbnails::ThumbnailLoader;
 use crate::worker::{Command, Event, GenerationRequest, Worker};
 use state::*;
 
@@ -72,6 +74,9 @@ pub struct StudioApp {
     /// local server).
     pub hub: HubConfig,
     worker: Worker,
+    thumbnails: ThumbnailLoader,
+    /// Gallery entries whose images were asked of the thumbnail thread.
+    thumbnails_requested: HashSet<u64>,
     ctx: egui::Context,
 }
 
@@ -149,6 +154,11 @@ impl StudioApp {
                 },
             },
             worker,
+            thumbnails: ThumbnailLoader::spawn({
+                let ctx = ctx.clone();
+                move || ctx.request_repaint()
+            }),
+            thumbnails_requested: HashSet::new(),
             ctx,
         };
         for photo in photos {
@@ -492,25 +502,20 @@ impl StudioApp {
         }
     }
 
-    /// Decodes a few gallery images from disk per frame, so that a long history never stalls a
-    /// frame; the gallery shows a placeholder until then.
+    /// Asks the thumbnail thread for gallery images not yet shown and uploads those it has
+    /// decoded; the gallery shows a placeholder until then.
     fn load_thumbnails(&mut self) {
-        const PER_FRAME: usize = 4;
         let gallery = &mut self.state.gallery;
-        let missing: Vec<u64> =
-            gallery.gallery.entries().iter().map(|e| e.id).filter(|id| !gallery.thumbnails.contains_key(id)).take(PER_FRAME).collect();
-        for id in missing {
-            let Some(entry) = gallery.gallery.get(id) else { continue };
-            let image = match image::open(gallery.gallery.path(entry)) {
-                Ok(image) => image.to_rgb8(),
-                // Unreadable files show a grey square rather than being retried every frame.
-                Err(_) => RgbImage::from_pixel(8, 8, image::Rgb([60, 60, 60])),
-            };
+        for entry in gallery.gallery.entries() {
+            if !gallery.thumbnails.contains_key(&entry.id) && self.thumbnails_requested.insert(entry.id) {
+                self.thumbnails.request(entry.id, gallery.gallery.path(entry));
+            }
+        }
+        let started = Instant::now();
+        while started.elapsed() < EVENT_BUDGET {
+            let Some((id, image)) = self.thumbnails.try_recv() else { break };
             let texture = self.ctx.load_texture(format!("entry:{id}"), color_image(&image), TextureOptions::LINEAR);
             gallery.thumbnails.insert(id, texture);
-        }
-        if gallery.thumbnails.len() < gallery.gallery.entries().len() {
-            self.ctx.request_repaint();
         }
     }
 
