@@ -125,6 +125,18 @@ fn drop_pick_generate_watch_and_export() {
     assert_eq!(harness.state().state.gallery.gallery.entries().len(), 2);
 }
 
+/// A picture says where the boxes are better than coordinates: every face boxed and numbered,
+/// the largest selected (green). Rendered with wgpu (Mesa's software Vulkan in CI).
+#[test]
+fn snapshot_of_a_photo_with_its_faces_boxed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut harness = harness(common::generation_and_face_models(dir.path()), dir.path().join("gallery"));
+    drop_photo(&mut harness, photo("two_faces.jpg"));
+    run_until(&mut harness, "faces", |app| app.state.photo.is_some());
+    harness.run();
+    harness.snapshot("photo_with_faces_boxed");
+}
+
 #[test]
 fn faces_of_several_photos_combine_into_one_identity() {
     let dir = tempfile::tempdir().unwrap();

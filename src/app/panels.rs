@@ -233,7 +233,8 @@ fn photo(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
             actions.push(Action::SelectFace(index));
         }
     }
-    ui.label(photo.path.display().to_string());
+    let name = photo.path.file_name().map_or_else(|| photo.path.display().to_string(), |n| n.to_string_lossy().into_owned());
+    ui.label(name).on_hover_text(photo.path.display().to_string());
     if photo.faces.is_empty() {
         ui.colored_label(Color32::from_rgb(235, 90, 90), "No face found. Try a photo with more margin around the face.");
         return;
