@@ -298,10 +298,36 @@ fn download(models: &ModelsDir, parallel: usize, only: &[String]) -> anyhow::Res
         }
     };
     let failed = download::download_all(models, &files, &hub, parallel, &AtomicBool::new(false), &report);
+    let mut runtime_failed = false;
+    if only.is_empty() && let Err(message) = face::runtime::runtime() {
+        eprintln!("{message}");
+        match install_runtime(&hub) {
+            Ok(path) => eprintln!("ONNX Runtime {}: {}", face::runtime::ONNXRUNTIME_VERSION, path.display()),
+            Err(e) => {
+                eprintln!("ONNX Runtime: FAILED: {e}");
+                runtime_failed = true;
+            }
+        }
+    }
     if failed > 0 {
         bail!("{failed} of {} files failed; run the same command again to resume", files.len());
     }
+    if runtime_failed {
+        bail!("ONNX Runtime could not be fetched; run the same command again, or set ORT_DYLIB_PATH");
+    }
     Ok(())
+}
+
+/// Fetches the pinned ONNX Runtime library from PyPI into the app's data folder.
+fn install_runtime(hub: &Hub) -> anyhow::Result<PathBuf> {
+    let library = models::onnxruntime::pinned().context("no pinned ONNX Runtime for this platform; set ORT_DYLIB_PATH to an ONNX Runtime 1.31.1 library")?;
+    let dir = face::runtime::install_dir().context("no data folder for the app on this system")?;
+    let report = |event: DownloadEvent| {
+        if let DownloadEvent::Started { total, .. } = event {
+            eprintln!("onnxruntime wheel: downloading {}", check::human_bytes(total));
+        }
+    };
+    Ok(models::onnxruntime::install(&dir, &models::onnxruntime::index_url(), &library, hub, &AtomicBool::new(false), &report)?)
 }
 
 fn load_face_analyzer(models: &Path) -> anyhow::Result<FaceAnalyzer> {

@@ -233,7 +233,7 @@ fn the_models_window_downloads_what_is_missing_shows_failures_and_retries() {
     let present = models.statuses.iter().filter(|s| matches!(s.state, FileState::Present { .. })).count();
     assert_eq!(present, 11);
     assert!(models.transfers[missing_on_the_hub.relative_path].failed);
-    assert_eq!(harness.query_all_by_label_contains("not found on the hub (404)").count(), 1);
+    assert_eq!(harness.query_all_by_label_contains("not found (404)").count(), 1);
     assert_eq!(harness.state().state.models.missing_required(), [missing_on_the_hub.relative_path]);
 
     hub.host(missing_on_the_hub, vec![7; 5000], true);

@@ -205,7 +205,7 @@ fn missing_files_and_denied_access_are_reported_clearly() {
     assert_eq!(failed, 1);
     let last = events[0].last().unwrap();
     assert!(
-        matches!(last, DownloadEvent::Failed { message } if message.contains("stable-diffusion-v1-5/stable-diffusion-v1-5/resolve/main/vae/config.json: not found on the hub (404)")),
+        matches!(last, DownloadEvent::Failed { message } if message.contains("stable-diffusion-v1-5/stable-diffusion-v1-5/resolve/main/vae/config.json: not found (404)")),
         "{last:?}"
     );
 
@@ -260,4 +260,55 @@ fn cli_download_honours_the_hub_environment_variables() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(stderr.contains("vae/config.json: FAILED") && stderr.contains("HF_HUB_OFFLINE"), "{stderr}");
+}
+
+/// A wheel (a zip) holding one file.
+fn wheel_with(member: &str, bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    zip.start_file(member, zip::write::SimpleFileOptions::default()).unwrap();
+    zip.write_all(bytes).unwrap();
+    zip.finish().unwrap().into_inner()
+}
+
+#[test]
+fn onnx_runtime_comes_from_the_package_index_checked_against_its_pin() {
+    use arc2face_studio::models::onnxruntime::{PinnedLibrary, install};
+    let dir = tempfile::tempdir().unwrap();
+    let hub = MockHub::start();
+    let library_bytes = payload(300_000, 12);
+    let member = "onnxruntime/capi/libonnxruntime.so.1.31.1";
+    let wheel = wheel_with(member, &library_bytes);
+    let decoy = wheel_with(member, b"another platform");
+    let entry = |name: &str, bytes: &[u8]| {
+        serde_json::json!({"filename": name, "url": hub.host_blob(bytes.to_vec()), "size": bytes.len(), "hashes": {"sha256": sha256(bytes)}})
+    };
+    let page = serde_json::json!({"meta": {"api-version": "1.1"}, "files": [
+        entry("onnxruntime-1.31.1-cp311-cp311-win_amd64.whl", &decoy),
+        entry("onnxruntime-1.30.0-cp311-cp311-manylinux_2_28_x86_64.whl", &decoy),
+        entry("onnxruntime-1.31.1-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl", &wheel),
+    ]});
+    hub.serve_page("/simple/onnxruntime/", page.to_string());
+    let index = format!("{}/simple", hub.endpoint);
+    let pinned = |sha256: String| PinnedLibrary {
+        wheel_tags: &["manylinux", "x86_64"],
+        member: "onnxruntime/capi/libonnxruntime.so.1.31.1",
+        file_name: "libonnxruntime.so.1.31.1",
+        sha256: Box::leak(sha256.into_boxed_str()),
+    };
+    let (cancel, report) = (AtomicBool::new(false), |_| {});
+
+    let installed = dir.path().join("ort");
+    let path = install(&installed, &index, &pinned(sha256(&library_bytes)), &hub.hub(&dir.path().join("cache")), &cancel, &report).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), library_bytes);
+    assert_eq!(listing(&installed), ["libonnxruntime.so.1.31.1"], "the wheel is not left behind");
+    let requests = hub.log().len();
+    install(&installed, &index, &pinned(sha256(&library_bytes)), &hub.hub(&dir.path().join("cache")), &cancel, &report).unwrap();
+    assert_eq!(hub.log().len(), requests, "an installed library is not fetched again");
+
+    // A library that is not the pinned build is refused and not left anywhere.
+    let refused = dir.path().join("refused");
+    let error = install(&refused, &index, &pinned("0".repeat(64)), &hub.hub(&dir.path().join("cache")), &cancel, &report).unwrap_err();
+    assert!(error.to_string().contains("not the pinned"), "{error}");
+    assert!(listing(&refused).is_empty(), "{:?}", listing(&refused));
 }

@@ -329,10 +329,11 @@ impl StudioApp {
             Action::DownloadModels(only) => {
                 let files: Vec<_> =
                     state.models.downloadable().into_iter().filter(|f| only.is_empty() || only.contains(&f.relative_path)).collect();
-                if state.models.task.is_none() && !files.is_empty() {
+                let runtime = state.models.runtime_to_fetch().filter(|_| only.is_empty() || only.contains(&models_task::RUNTIME_ROW));
+                if state.models.task.is_none() && (!files.is_empty() || runtime.is_some()) {
                     let wake = self.ctx.clone();
                     let models = ModelsDir::new(&state.models_dir);
-                    state.models.task = Some(ModelsTask::download(models, files, self.hub.clone(), move || wake.request_repaint()));
+                    state.models.task = Some(ModelsTask::download(models, files, runtime, self.hub.clone(), move || wake.request_repaint()));
                 }
             }
             Action::VerifyModels => {

@@ -11,9 +11,13 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::models::check::{self, FileState, FileStatus};
-use crate::models::download::{self, DownloadEvent, TransferRate};
+use crate::models::download::{self, DownloadError, DownloadEvent, TransferRate};
+use crate::models::onnxruntime::{self, PinnedLibrary};
 use crate::models::hub::{Hub, HubConfig};
 use crate::models::{ALL_FILES, ModelFile, ModelsDir};
+
+/// The Models window's row for the ONNX Runtime library.
+pub const RUNTIME_ROW: &str = "ONNX Runtime";
 
 /// Files fetched at once.
 const PARALLEL_DOWNLOADS: usize = 2;
@@ -33,11 +37,28 @@ pub struct ModelsTask {
 }
 
 impl ModelsTask {
-    /// Fetches `files` into `models`; `wake` repaints the UI after each event.
-    pub fn download(models: ModelsDir, files: Vec<ModelFile>, hub: HubConfig, wake: impl Fn() + Send + Sync + 'static) -> Self {
+    /// Fetches `files` into `models`, and ONNX Runtime when `runtime` says where; `wake`
+    /// repaints the UI after each event.
+    pub fn download(
+        models: ModelsDir,
+        files: Vec<ModelFile>,
+        runtime: Option<(PathBuf, PinnedLibrary)>,
+        hub: HubConfig,
+        wake: impl Fn() + Send + Sync + 'static,
+    ) -> Self {
         Self::spawn(false, wake, move |cancel, send| {
+            let hub = Hub::new(hub);
             let report = |index: usize, event| send(TaskEvent::File { relative_path: files[index].relative_path, event });
-            download::download_all(&models, &files, &Hub::new(hub), PARALLEL_DOWNLOADS, cancel, &report);
+            download::download_all(&models, &files, &hub, PARALLEL_DOWNLOADS, cancel, &report);
+            if let Some((dir, library)) = runtime {
+                let report = |event| send(TaskEvent::File { relative_path: RUNTIME_ROW, event });
+                let event = match onnxruntime::install(&dir, &onnxruntime::index_url(), &library, &hub, cancel, &report) {
+                    Ok(_) => DownloadEvent::Finished,
+                    Err(DownloadError::Cancelled) => DownloadEvent::Cancelled,
+                    Err(e) => DownloadEvent::Failed { message: e.to_string() },
+                };
+                report(event);
+            }
         })
     }
 
@@ -120,6 +141,14 @@ impl ModelsState {
     /// The files a "Download missing" fetches.
     pub fn downloadable(&self) -> Vec<ModelFile> {
         ALL_FILES.into_iter().filter(|f| self.statuses.iter().any(|s| s.file == *f && matches!(s.state, FileState::Missing { .. }))).collect()
+    }
+
+    /// Where to put ONNX Runtime and which build, when it is missing and this platform has a pin.
+    pub fn runtime_to_fetch(&self) -> Option<(PathBuf, PinnedLibrary)> {
+        if !matches!(self.runtime, Some(Err(_))) {
+            return None;
+        }
+        Some((crate::face::runtime::install_dir()?, onnxruntime::pinned()?))
     }
 
     /// Folds in one event; returns true when a download has ended and the folder should be re-read.

@@ -43,7 +43,7 @@ fn models_window(ctx: &egui::Context, state: &AppState, actions: &mut Vec<Action
         });
         // Above the list, so that they stay in view however long it is.
         ui.horizontal(|ui| {
-            let missing = models.downloadable().len();
+            let missing = models.downloadable().len() + usize::from(models.runtime_to_fetch().is_some());
             match &models.task {
                 Some(task) => {
                     ui.spinner();
@@ -113,11 +113,27 @@ fn models_window(ctx: &egui::Context, state: &AppState, actions: &mut Vec<Action
             }
         });
         ui.separator();
-        match &models.runtime {
-            Some(Ok(path)) => ui.label(format!("ONNX Runtime {}: {}", crate::face::runtime::ONNXRUNTIME_VERSION, path.display())),
-            Some(Err(message)) => ui.colored_label(WARNING, format!("ONNX Runtime: {message}")),
-            None => ui.label(""),
-        };
+        let runtime_transfer = models.transfers.get(super::models_task::RUNTIME_ROW);
+        match (&models.runtime, runtime_transfer) {
+            (_, Some(t)) if t.total > 0 && !t.failed => {
+                ui.add(egui::ProgressBar::new(t.done as f32 / t.total as f32).desired_width(260.0).text(format!("ONNX Runtime: {} of {}", human_bytes(t.done), human_bytes(t.total))));
+            }
+            (_, Some(t)) if t.failed => {
+                ui.horizontal(|ui| {
+                    ui.colored_label(ERROR, format!("ONNX Runtime: {}", t.note.as_deref().unwrap_or_default()));
+                    if models.task.is_none() && ui.button("Retry").clicked() {
+                        actions.push(Action::DownloadModels(vec![super::models_task::RUNTIME_ROW]));
+                    }
+                });
+            }
+            (Some(Ok(path)), _) => {
+                ui.label(format!("ONNX Runtime {}: {}", crate::face::runtime::ONNXRUNTIME_VERSION, path.display()));
+            }
+            (Some(Err(message)), _) => {
+                ui.colored_label(WARNING, format!("ONNX Runtime: {message}"));
+            }
+            (None, _) => {}
+        }
         ui.small("insightface's models and the Expression Adapter are for non-commercial use; check each licence before using results commercially.");
     });
     if !open {

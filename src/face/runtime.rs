@@ -6,7 +6,7 @@
 //! folder (`…/arc2face-studio/onnxruntime/`).
 
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use ort::environment::Environment;
 
@@ -27,10 +27,25 @@ pub struct Runtime {
     pub provider: &'static str,
 }
 
-/// The process's runtime, loaded on first use; the error says how to get the library.
+/// The process's runtime, loaded on first use; the error says how to get the library. A failure
+/// is not remembered: once the library is fetched, the next call loads it.
 pub fn runtime() -> Result<&'static Runtime, String> {
-    static RUNTIME: OnceLock<Result<Runtime, String>> = OnceLock::new();
-    RUNTIME.get_or_init(load).as_ref().map_err(Clone::clone)
+    static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+    static LOADING: Mutex<()> = Mutex::new(());
+    if let Some(runtime) = RUNTIME.get() {
+        return Ok(runtime);
+    }
+    let _one_at_a_time = LOADING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(runtime) = RUNTIME.get() {
+        return Ok(runtime);
+    }
+    let runtime = load()?;
+    Ok(RUNTIME.get_or_init(|| runtime))
+}
+
+/// Where the app puts the library it fetches (`arc2face models download`, the Models window).
+pub fn install_dir() -> Option<PathBuf> {
+    data_dir().map(|dir| dir.join("onnxruntime"))
 }
 
 /// The app's data folder, where downloads (models, the runtime) go.
@@ -47,7 +62,7 @@ fn candidates() -> Vec<PathBuf> {
     let dirs = [
         exe_dir.clone(),
         exe_dir.map(|dir| dir.join("../lib/arc2face")),
-        data_dir().map(|dir| dir.join("onnxruntime")),
+        install_dir(),
     ];
     for dir in dirs.into_iter().flatten() {
         found.extend(LIBRARY_NAMES.iter().map(|name| dir.join(name)));
@@ -58,9 +73,9 @@ fn candidates() -> Vec<PathBuf> {
 fn load() -> Result<Runtime, String> {
     let library = candidates().into_iter().find(|path| path.is_file()).ok_or_else(|| {
         format!(
-            "ONNX Runtime {ONNXRUNTIME_VERSION} not found (needed for face analysis): run scripts/onnxruntime.sh and set \
-             ORT_DYLIB_PATH to the path it prints, or put the library next to the executable or in {}",
-            data_dir().map(|d| d.join("onnxruntime").display().to_string()).unwrap_or_else(|| "the app's data folder".into())
+            "ONNX Runtime {ONNXRUNTIME_VERSION} not found (needed for face analysis): `arc2face models download` or the \
+             Models window fetches it into {}; or set ORT_DYLIB_PATH to the library",
+            install_dir().map(|d| d.display().to_string()).unwrap_or_else(|| "the app's data folder".into())
         )
     })?;
     let failed = |e: &dyn std::fmt::Display| format!("{}: cannot load ONNX Runtime: {e}", library.display());

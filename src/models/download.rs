@@ -136,7 +136,7 @@ fn download_file(
 
 /// Downloads into `part`, resuming what is there; a cut connection resumes, a wrong checksum
 /// starts over, each up to [`ATTEMPTS`] times.
-fn fetch_with_retries(
+pub fn fetch_with_retries(
     hub: &Hub,
     remote: &RemoteFile,
     part: &Path,

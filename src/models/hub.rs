@@ -92,7 +92,7 @@ pub struct RemoteFile {
 
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
-    #[error("{url}: not found on the hub (404)")]
+    #[error("{url}: not found (404)")]
     NotFound { url: String },
     #[error("{url}: access denied ({status}); log in to the hub and set HF_TOKEN (and accept the model's terms on its page)")]
     Unauthorized { url: String, status: u16 },
@@ -119,7 +119,9 @@ pub struct Body {
 
 impl Hub {
     pub fn new(config: HubConfig) -> Self {
+        let tls = ureq::tls::TlsConfig::builder().root_certs(ureq::tls::RootCerts::PlatformVerifier).build();
         let agent = ureq::Agent::config_builder()
+            .tls_config(tls)
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(15)))
             .timeout_recv_response(Some(Duration::from_secs(30)))
@@ -195,6 +197,16 @@ impl Hub {
             _ => return Err(HubError::Status { url: url.clone(), status }),
         };
         Ok(Body { reader: Box::new(response.into_body().into_reader()), start })
+    }
+
+    /// A small text document (a package index page), in the format `accept` asks for.
+    pub fn get_text(&self, url: &str, accept: &str) -> Result<String, HubError> {
+        let response = self.agent.get(url).header("Accept", accept).call().map_err(|e| network(url, e))?;
+        match response.status().as_u16() {
+            200 => response.into_body().read_to_string().map_err(|e| network(url, e)),
+            404 => Err(HubError::NotFound { url: url.to_string() }),
+            status => Err(HubError::Status { url: url.to_string(), status }),
+        }
     }
 
     /// The token goes only to the hub itself, never to a storage server it redirects to.

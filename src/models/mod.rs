@@ -7,6 +7,7 @@ pub mod check;
 pub mod download;
 pub mod hub;
 pub mod onnx;
+pub mod onnxruntime;
 
 use std::path::{Path, PathBuf};
 

@@ -35,12 +35,15 @@ pub struct State {
     files: HashMap<String, Hosted>,
     faults: HashMap<String, Fault>,
     pub token: Option<String>,
+    /// Documents served as they are at their path (a package index page).
+    pages: HashMap<String, String>,
     /// "METHOD path [range] [auth]" of every request, in order.
     log: Vec<String>,
 }
 
 pub struct MockHub {
     pub endpoint: String,
+    storage_origin: String,
     pub state: Arc<Mutex<State>>,
 }
 
@@ -61,11 +64,22 @@ impl MockHub {
                 }
             });
         }
-        Self { endpoint, state }
+        Self { endpoint, storage_origin, state }
     }
 
     pub fn host(&self, file: ModelFile, bytes: Vec<u8>, lfs: bool) {
         self.state.lock().unwrap().files.insert(resolve_path(file), Hosted { bytes, lfs });
+    }
+
+    /// Bytes on the storage server only (a wheel a package index links to); returns their URL.
+    pub fn host_blob(&self, bytes: Vec<u8>) -> String {
+        let url = format!("{}/cdn/{}", self.storage_origin, sha256(&bytes));
+        self.state.lock().unwrap().files.insert(format!("blob:{url}"), Hosted { bytes, lfs: true });
+        url
+    }
+
+    pub fn serve_page(&self, path: &str, text: String) {
+        self.state.lock().unwrap().pages.insert(path.to_string(), text);
     }
 
     pub fn fault(&self, file: ModelFile, fault: Fault) {
@@ -176,6 +190,10 @@ fn serve(mut stream: TcpStream, state: &Mutex<State>, storage_origin: &str) {
         return respond(&mut stream, status, &headers, &body, cut);
     }
 
+    if let Some(page) = state.pages.get(&path) {
+        let page = page.clone().into_bytes();
+        return respond(&mut stream, "200 OK", &[("Content-Length".into(), page.len().to_string())], &page, None);
+    }
     if let Some(token) = &state.token
         && headers.get("authorization") != Some(&format!("Bearer {token}"))
     {
