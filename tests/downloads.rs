@@ -312,3 +312,21 @@ fn onnx_runtime_comes_from_the_package_index_checked_against_its_pin() {
     assert!(error.to_string().contains("not the pinned"), "{error}");
     assert!(listing(&refused).is_empty(), "{:?}", listing(&refused));
 }
+
+#[test]
+fn cancel_keeps_the_partial_file_for_later_and_puts_nothing_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = MockHub::start();
+    let big = payload(2_000_000, 13);
+    hub.host(BIG, big.clone(), true);
+    let models = ModelsDir::new(dir.path().join("models"));
+    let part = partial_path(&models.path(BIG));
+    std::fs::create_dir_all(part.parent().unwrap()).unwrap();
+    std::fs::write(&part, &big[..700_000]).unwrap();
+    let events = Mutex::new(Vec::new());
+    let failed = download_all(&models, &[BIG], &hub.hub(&dir.path().join("cache")), 1, &AtomicBool::new(true), &|_, e| events.lock().unwrap().push(e));
+    assert_eq!(failed, 0, "a cancel is not a failure");
+    assert_eq!(events.into_inner().unwrap().last(), Some(&DownloadEvent::Cancelled));
+    assert!(!models.path(BIG).exists());
+    assert_eq!(std::fs::read(&part).unwrap(), &big[..700_000], "the partial file is kept as it was");
+}

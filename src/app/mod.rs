@@ -44,6 +44,7 @@ pub enum Action {
     CancelRunning,
     RemoveQueued(u64),
     MoveQueuedUp(u64),
+    MoveQueuedDown(u64),
     UseSeedOf(u64),
     NewSeed,
     SelectEntry { id: u64, extend: bool, toggle: bool },
@@ -240,6 +241,11 @@ impl StudioApp {
             Action::MoveQueuedUp(job_id) => {
                 if let Some(i) = state.queue.iter().position(|job| job.job_id == job_id).filter(|&i| i > 0) {
                     state.queue.swap(i, i - 1);
+                }
+            }
+            Action::MoveQueuedDown(job_id) => {
+                if let Some(i) = state.queue.iter().position(|job| job.job_id == job_id).filter(|&i| i + 1 < state.queue.len()) {
+                    state.queue.swap(i, i + 1);
                 }
             }
             Action::UseSeedOf(id) => {

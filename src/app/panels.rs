@@ -333,6 +333,9 @@ fn queue(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
             if position > 0 && ui.small_button("Up").on_hover_text("Run earlier").clicked() {
                 actions.push(Action::MoveQueuedUp(job.job_id));
             }
+            if position + 1 < state.queue.len() && ui.small_button("Down").on_hover_text("Run later").clicked() {
+                actions.push(Action::MoveQueuedDown(job.job_id));
+            }
             if ui.small_button("Remove").on_hover_text("Remove from the queue").clicked() {
                 actions.push(Action::RemoveQueued(job.job_id));
             }
