@@ -4,6 +4,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
@@ -66,35 +67,34 @@ pub struct WriteError {
 
 /// Writes `image` as a PNG with its metadata into `dir`, named `stem.png` or, when that exists,
 /// `stem-2.png`, `stem-3.png`…; never overwrites. The file appears whole or not at all: it is
-/// written beside its final name and renamed into place.
+/// written and synced under a temporary name, then linked under the first free final name (a
+/// hard link fails rather than replace an existing file, so two writers never collide).
 pub fn write_png(dir: &Path, stem: &str, image: &RgbImage, metadata: &GenerationMetadata) -> Result<PathBuf, WriteError> {
+    static WRITES: AtomicU64 = AtomicU64::new(0);
     let error = |path: &Path| {
         let path = path.to_path_buf();
         move |source| WriteError { path, source }
     };
     std::fs::create_dir_all(dir).map_err(error(dir))?;
     let bytes = encode_png(image, metadata).map_err(error(dir))?;
-    let (path, _reserved) = reserve_name(dir, stem).map_err(error(dir))?;
-    let temporary = dir.join(format!(".{}.part", path.file_name().and_then(|n| n.to_str()).unwrap_or(stem)));
+    let temporary = dir.join(format!(".{stem}.{}-{}.part", std::process::id(), WRITES.fetch_add(1, Ordering::Relaxed)));
     let written = std::fs::File::create(&temporary)
         .and_then(|mut file| file.write_all(&bytes).and_then(|_| file.sync_all()))
-        .and_then(|_| std::fs::rename(&temporary, &path));
-    if let Err(source) = written {
-        let _ = std::fs::remove_file(&temporary);
-        let _ = std::fs::remove_file(&path);
-        return Err(WriteError { path, source });
-    }
-    Ok(path)
+        .and_then(|_| link_under_free_name(&temporary, dir, stem));
+    let _ = std::fs::remove_file(&temporary);
+    written.map_err(error(&dir.join(format!("{stem}.png"))))
 }
 
-/// Creates an empty file under the first free name, so that two writers never pick the same.
-fn reserve_name(dir: &Path, stem: &str) -> std::io::Result<(PathBuf, std::fs::File)> {
+/// Gives `file` the first free name of `stem.png`, `stem-2.png`, …
+fn link_under_free_name(file: &Path, dir: &Path, stem: &str) -> std::io::Result<PathBuf> {
     for n in 1.. {
         let name = if n == 1 { format!("{stem}.png") } else { format!("{stem}-{n}.png") };
         let path = dir.join(name);
-        match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
-            Ok(file) => return Ok((path, file)),
+        match std::fs::hard_link(file, &path) {
+            Ok(()) => return Ok(path),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            // Filesystems without hard links (FAT): a rename, checked first, is the next best.
+            Err(_) if !path.exists() => return std::fs::rename(file, &path).map(|()| path),
             Err(e) => return Err(e),
         }
     }
