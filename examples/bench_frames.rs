@@ -44,9 +44,8 @@ fn main() -> anyhow::Result<()> {
     eprintln!("saving one 512x512 result on the UI thread: {:.1} ms", started.elapsed().as_secs_f64() * 1e3);
 
     let photo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/faces/photos/astronaut.jpg");
-    let mut harness = Harness::builder()
-        .with_size([1280.0, 800.0])
-        .build_eframe(move |cc| StudioApp::new(cc, Some(models), gallery_dir, vec![photo]));
+    let mut harness =
+        Harness::builder().with_size([1280.0, 800.0]).build_eframe(move |cc| StudioApp::new(cc, Some(models), gallery_dir, vec![photo]));
 
     let mut startup = Vec::new();
     while harness.state().state.photo.is_none() || harness.state().state.gallery.thumbnails.len() < history {

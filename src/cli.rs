@@ -10,8 +10,8 @@ use anyhow::{Context, bail};
 use candle_core::{DType, Device, Tensor};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::face::{self, FaceAnalyzer};
 use crate::engine::{Arc2FacePipeline, Flow, InitialNoise, Job, SamplingParams, StepProgress};
+use crate::face::{self, FaceAnalyzer};
 use crate::gallery::metadata::{self, GenerationMetadata};
 use crate::models::download::{self, DownloadEvent};
 use crate::models::hub::{Hub, HubConfig};
@@ -230,9 +230,7 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     pipeline.run(&job, &mut on_step, &mut on_image)?;
 
     if let Some(path) = &args.latents_out {
-        Tensor::cat(&final_latents, 0)?
-            .write_npy(path)
-            .with_context(|| format!("could not write {}", path.display()))?;
+        Tensor::cat(&final_latents, 0)?.write_npy(path).with_context(|| format!("could not write {}", path.display()))?;
     }
     eprintln!("finished in {:.1}s", started.elapsed().as_secs_f64());
     Ok(())
@@ -266,7 +264,10 @@ fn download(models: &ModelsDir, parallel: usize, only: &[String]) -> anyhow::Res
     } else {
         only.iter()
             .map(|name| {
-                models::ALL_FILES.into_iter().find(|f| f.relative_path == name).with_context(|| format!("{name}: not a model file; `arc2face models status` lists them"))
+                models::ALL_FILES
+                    .into_iter()
+                    .find(|f| f.relative_path == name)
+                    .with_context(|| format!("{name}: not a model file; `arc2face models status` lists them"))
             })
             .collect::<anyhow::Result<_>>()?
     };
@@ -278,7 +279,13 @@ fn download(models: &ModelsDir, parallel: usize, only: &[String]) -> anyhow::Res
         match event {
             DownloadEvent::Started { total, done, from_cache } => {
                 totals.lock().unwrap()[index] = total;
-                let from = if from_cache { "from the Hugging Face cache" } else if done > 0 { "resuming" } else { "downloading" };
+                let from = if from_cache {
+                    "from the Hugging Face cache"
+                } else if done > 0 {
+                    "resuming"
+                } else {
+                    "downloading"
+                };
                 eprintln!("{name}: {from}, {} of {}", check::human_bytes(done), check::human_bytes(total));
             }
             DownloadEvent::Progress { done } => {
@@ -299,7 +306,9 @@ fn download(models: &ModelsDir, parallel: usize, only: &[String]) -> anyhow::Res
     };
     let failed = download::download_all(models, &files, &hub, parallel, &AtomicBool::new(false), &report);
     let mut runtime_failed = false;
-    if only.is_empty() && let Err(message) = face::runtime::runtime() {
+    if only.is_empty()
+        && let Err(message) = face::runtime::runtime()
+    {
         eprintln!("{message}");
         match install_runtime(&hub) {
             Ok(path) => eprintln!("ONNX Runtime {}: {}", face::runtime::ONNXRUNTIME_VERSION, path.display()),
@@ -320,7 +329,8 @@ fn download(models: &ModelsDir, parallel: usize, only: &[String]) -> anyhow::Res
 
 /// Fetches the pinned ONNX Runtime library from PyPI into the app's data folder.
 fn install_runtime(hub: &Hub) -> anyhow::Result<PathBuf> {
-    let library = models::onnxruntime::pinned().context("no pinned ONNX Runtime for this platform; set ORT_DYLIB_PATH to an ONNX Runtime 1.31.1 library")?;
+    let library = models::onnxruntime::pinned()
+        .context("no pinned ONNX Runtime for this platform; set ORT_DYLIB_PATH to an ONNX Runtime 1.31.1 library")?;
     let dir = face::runtime::install_dir().context("no data folder for the app on this system")?;
     let report = |event: DownloadEvent| {
         if let DownloadEvent::Started { total, .. } = event {

@@ -22,10 +22,14 @@ use crate::models::ModelsDir;
 /// What the UI asks of the worker.
 pub enum Command {
     /// Decode a photo and find its faces.
-    AnalyzePhoto { path: PathBuf },
+    AnalyzePhoto {
+        path: PathBuf,
+    },
     Generate(GenerationRequest),
     /// Drop loaded models (the models folder changed); they load again when next needed.
-    UnloadModels { models_dir: PathBuf },
+    UnloadModels {
+        models_dir: PathBuf,
+    },
 }
 
 /// One queued generation: a batch of images of one identity.
@@ -45,14 +49,40 @@ pub struct GenerationRequest {
 
 /// What the worker reports.
 pub enum Event {
-    PhotoAnalyzed { path: PathBuf, photo: RgbImage, faces: Vec<Face> },
-    PhotoFailed { path: PathBuf, message: String },
+    PhotoAnalyzed {
+        path: PathBuf,
+        photo: RgbImage,
+        faces: Vec<Face>,
+    },
+    PhotoFailed {
+        path: PathBuf,
+        message: String,
+    },
     /// Long work without steps (loading models); shown until the next event.
-    Busy { what: String },
-    Progress { job_id: u64, image_index: usize, step: usize, steps: usize, preview: RgbImage },
-    ImageReady { job_id: u64, image: RgbImage, metadata: GenerationMetadata, identity_match: Option<f32> },
-    JobFinished { job_id: u64, outcome: JobOutcome },
-    JobFailed { job_id: u64, message: String },
+    Busy {
+        what: String,
+    },
+    Progress {
+        job_id: u64,
+        image_index: usize,
+        step: usize,
+        steps: usize,
+        preview: RgbImage,
+    },
+    ImageReady {
+        job_id: u64,
+        image: RgbImage,
+        metadata: GenerationMetadata,
+        identity_match: Option<f32>,
+    },
+    JobFinished {
+        job_id: u64,
+        outcome: JobOutcome,
+    },
+    JobFailed {
+        job_id: u64,
+        message: String,
+    },
 }
 
 /// The UI's handle on the worker thread. Dropping it ends the thread after its current command.
@@ -178,18 +208,13 @@ impl WorkerState {
         if self.pipeline.is_none() {
             self.emit(Event::Busy { what: "Loading the Arc2Face models…".into() });
             let (device, dtype) = default_device();
-            let pipeline = Arc2FacePipeline::load(&ModelsDir::new(&self.models_dir), &device, dtype)
-                .map_err(|e| e.to_string())?;
+            let pipeline = Arc2FacePipeline::load(&ModelsDir::new(&self.models_dir), &device, dtype).map_err(|e| e.to_string())?;
             self.pipeline = Some(pipeline);
         }
         let pipeline = self.pipeline.as_ref().expect("loaded above");
         let params = SamplingParams { steps: request.steps, guidance: request.guidance, size: pipeline.default_size() };
-        let job = Job {
-            identity: request.identity.clone(),
-            num_images: request.num_images,
-            params,
-            noise: InitialNoise::Seed(request.seed),
-        };
+        let job =
+            Job { identity: request.identity.clone(), num_images: request.num_images, params, noise: InitialNoise::Seed(request.seed) };
         let (events, wake, cancelled) = (&self.events, &self.wake, &self.cancelled_job);
         let emit = |event| {
             let _ = events.send(event);

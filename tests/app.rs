@@ -34,9 +34,7 @@ fn photo(name: &str) -> PathBuf {
 }
 
 fn harness(models: PathBuf, gallery: PathBuf) -> Harness<'static, StudioApp> {
-    Harness::builder()
-        .with_size([1280.0, 800.0])
-        .build_eframe(move |cc| StudioApp::new(cc, Some(models), gallery, Vec::new()))
+    Harness::builder().with_size([1280.0, 800.0]).build_eframe(move |cc| StudioApp::new(cc, Some(models), gallery, Vec::new()))
 }
 
 /// Steps frames until `done` holds, failing after a generous timeout.
@@ -84,7 +82,9 @@ fn drop_pick_generate_watch_and_export() {
     }
     harness.get_by_label("Generate").click();
     harness.step();
-    run_until(&mut harness, "a step preview", |app| app.state.running.as_ref().is_some_and(|r| r.preview.is_some()) || app.state.gallery.gallery.entries().len() == 2);
+    run_until(&mut harness, "a step preview", |app| {
+        app.state.running.as_ref().is_some_and(|r| r.preview.is_some()) || app.state.gallery.gallery.entries().len() == 2
+    });
     run_until(&mut harness, "the gallery", |app| app.state.running.is_none() && app.state.gallery.gallery.entries().len() == 2);
     let seeds: Vec<Option<u64>> = harness.state().state.gallery.gallery.entries().iter().map(|e| e.metadata.seed).collect();
     assert_eq!(seeds, [Some(42), Some(43)], "image i uses seed + i");
@@ -114,7 +114,10 @@ fn drop_pick_generate_watch_and_export() {
     drop_photo(&mut harness, exported[0].clone());
     run_until(&mut harness, "the photo reopened", |app| app.state.photo.is_some());
     let state = &harness.state().state;
-    assert_eq!((state.settings.steps, state.settings.guidance, Some(state.settings.seed), state.settings.seed_locked), (3, 3.0, seed, true));
+    assert_eq!(
+        (state.settings.steps, state.settings.guidance, Some(state.settings.seed), state.settings.seed_locked),
+        (3, 3.0, seed, true)
+    );
     let photo_state = state.photo.as_ref().unwrap();
     assert!(photo_state.path.ends_with("astronaut.jpg") && photo_state.selected_face == Some(1));
     assert!(notices(harness.state()).iter().any(|n| n.starts_with("Settings restored from")));
@@ -143,14 +146,26 @@ fn faces_of_several_photos_combine_into_one_identity() {
     let mut harness = harness(common::generation_and_face_models(dir.path()), dir.path().join("gallery"));
     drop_photo(&mut harness, photo("astronaut.jpg"));
     run_until(&mut harness, "faces", |app| app.state.photo.is_some());
-    let (first, first_face) = harness.state().state.photo.as_ref().map(|p| (p.faces[p.selected_face.unwrap()].embedding.clone(), p.selected_face.unwrap())).unwrap();
+    let (first, first_face) = harness
+        .state()
+        .state
+        .photo
+        .as_ref()
+        .map(|p| (p.faces[p.selected_face.unwrap()].embedding.clone(), p.selected_face.unwrap()))
+        .unwrap();
     harness.get_by_label("Keep face, add another photo").click();
     harness.step();
     assert_eq!(harness.state().state.kept_faces.len(), 1);
     drop_photo(&mut harness, photo("two_faces.jpg"));
     run_until(&mut harness, "faces of the second photo", |app| app.state.photo.as_ref().is_some_and(|p| p.path.ends_with("two_faces.jpg")));
     assert!(harness.query_by_label_contains("Identity combines astronaut.jpg").is_some());
-    let (second, second_face) = harness.state().state.photo.as_ref().map(|p| (p.faces[p.selected_face.unwrap()].embedding.clone(), p.selected_face.unwrap())).unwrap();
+    let (second, second_face) = harness
+        .state()
+        .state
+        .photo
+        .as_ref()
+        .map(|p| (p.faces[p.selected_face.unwrap()].embedding.clone(), p.selected_face.unwrap()))
+        .unwrap();
     harness.state_mut().state.settings.steps = 100;
     harness.get_by_label("Generate").click();
     harness.step();

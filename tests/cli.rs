@@ -58,9 +58,21 @@ fn generate_from_noise_writes_pngs_with_metadata_and_latents() {
     let embedding = fixture().join("reference/id_embedding.npy");
     let noise = fixture().join("reference/gen_noise.npy");
     let output = arc2face(&[
-        "generate", "--models", path_str(&models_dir()), "--embedding", path_str(&embedding),
-        "--noise", path_str(&noise), "--steps", "5", "--guidance", "3.0",
-        "--out", path_str(out.path()), "--latents-out", path_str(&latents_path),
+        "generate",
+        "--models",
+        path_str(&models_dir()),
+        "--embedding",
+        path_str(&embedding),
+        "--noise",
+        path_str(&noise),
+        "--steps",
+        "5",
+        "--guidance",
+        "3.0",
+        "--out",
+        path_str(out.path()),
+        "--latents-out",
+        path_str(&latents_path),
     ]);
     assert!(output.status.success(), "{}", stderr(&output));
     let paths: Vec<PathBuf> = String::from_utf8(output.stdout).unwrap().lines().map(PathBuf::from).collect();
@@ -86,8 +98,19 @@ fn generate_with_a_random_seed_prints_it_and_never_overwrites() {
     let embedding = fixture().join("reference/id_embedding.npy");
     let run = || {
         arc2face(&[
-            "generate", "--models", path_str(&models_dir()), "--embedding", path_str(&embedding),
-            "--num-images", "1", "--steps", "1", "--seed", "7", "--out", path_str(out.path()),
+            "generate",
+            "--models",
+            path_str(&models_dir()),
+            "--embedding",
+            path_str(&embedding),
+            "--num-images",
+            "1",
+            "--steps",
+            "1",
+            "--seed",
+            "7",
+            "--out",
+            path_str(out.path()),
         ])
     };
     let (first, second) = (run(), run());
@@ -99,8 +122,17 @@ fn generate_with_a_random_seed_prints_it_and_never_overwrites() {
     assert_eq!(std::fs::read(first_path.trim()).unwrap(), std::fs::read(second_path.trim()).unwrap(), "same seed, same image");
 
     let random = arc2face(&[
-        "generate", "--models", path_str(&models_dir()), "--embedding", path_str(&embedding),
-        "--num-images", "1", "--steps", "1", "--out", path_str(out.path()),
+        "generate",
+        "--models",
+        path_str(&models_dir()),
+        "--embedding",
+        path_str(&embedding),
+        "--num-images",
+        "1",
+        "--steps",
+        "1",
+        "--out",
+        path_str(out.path()),
     ]);
     assert!(random.status.success());
     let seed_line = stderr(&random).lines().find(|l| l.starts_with("seed: ")).map(str::to_owned);

@@ -65,7 +65,10 @@ fn downloads_lfs_and_plain_files_verified_with_their_checksums_recorded() {
     let recorded = check::Checksums::read(&models);
     assert_eq!(recorded.get(BIG).unwrap().checksum.hex(), sha256(&big));
     assert_eq!(recorded.get(SMALL).unwrap().checksum.hex(), git_sha1(&small));
-    assert_eq!(listing(models.root()), ["antelopev2/scrfd_10g_bnkps.onnx", "arc2face/diffusion_pytorch_model.safetensors", "checksums.json", "vae/config.json"]);
+    assert_eq!(
+        listing(models.root()),
+        ["antelopev2/scrfd_10g_bnkps.onnx", "arc2face/diffusion_pytorch_model.safetensors", "checksums.json", "vae/config.json"]
+    );
 
     // Present files are not fetched again.
     let before = hub.log().len();
@@ -84,7 +87,10 @@ fn a_download_cut_halfway_resumes_with_a_range_request_and_ends_verified() {
     let models = ModelsDir::new(dir.path().join("models"));
     let (failed, events) = download(&models, &[BIG], &hub.hub(&dir.path().join("cache")));
     assert_eq!(failed, 0, "{events:?}");
-    assert!(events[0].iter().any(|e| matches!(e, DownloadEvent::Retrying { message } if message.contains("2000000 of 4000000"))), "{events:?}");
+    assert!(
+        events[0].iter().any(|e| matches!(e, DownloadEvent::Retrying { message } if message.contains("2000000 of 4000000"))),
+        "{events:?}"
+    );
     let gets: Vec<String> = hub.log().into_iter().filter(|l| l.starts_with("GET /cdn/")).collect();
     assert_eq!(gets.len(), 2, "{gets:?}");
     assert!(gets[1].ends_with("range=bytes=2000000-"), "the second request resumes: {gets:?}");
@@ -121,7 +127,10 @@ fn corrupt_bytes_are_rejected_and_fetched_again_and_never_left_in_place() {
     let models = ModelsDir::new(dir.path().join("models"));
     let (failed, events) = download(&models, &[BIG], &hub.hub(&dir.path().join("cache")));
     assert_eq!(failed, 0, "{events:?}");
-    assert!(events[0].iter().any(|e| matches!(e, DownloadEvent::Retrying { message } if message.contains("checksum mismatch"))), "{events:?}");
+    assert!(
+        events[0].iter().any(|e| matches!(e, DownloadEvent::Retrying { message } if message.contains("checksum mismatch"))),
+        "{events:?}"
+    );
     assert_eq!(std::fs::read(models.path(BIG)).unwrap(), big);
 
     // A source that never sends the right bytes: the file fails, and nothing is left behind.
@@ -131,7 +140,10 @@ fn corrupt_bytes_are_rejected_and_fetched_again_and_never_left_in_place() {
     let (failed, events) = download(&models, &[other], &hub.hub(&dir.path().join("cache")));
     assert_eq!(failed, 1);
     let last = events[0].last().unwrap();
-    assert!(matches!(last, DownloadEvent::Failed { message } if message.contains("gave up after 3 tries") && message.contains("checksum mismatch")), "{last:?}");
+    assert!(
+        matches!(last, DownloadEvent::Failed { message } if message.contains("gave up after 3 tries") && message.contains("checksum mismatch")),
+        "{last:?}"
+    );
     assert!(!models.path(other).exists() && !partial_path(&models.path(other)).exists());
 }
 
@@ -166,7 +178,10 @@ fn offline_mode_is_served_from_the_python_hub_cache_without_any_request() {
     assert_eq!(std::fs::read(models.path(BIG)).unwrap(), big);
     assert!(matches!(events[0][0], DownloadEvent::Started { from_cache: true, .. }));
     let last = events[1].last().unwrap();
-    assert!(matches!(last, DownloadEvent::Failed { message } if message.contains("HF_HUB_OFFLINE") && message.contains("vae/config.json")), "{last:?}");
+    assert!(
+        matches!(last, DownloadEvent::Failed { message } if message.contains("HF_HUB_OFFLINE") && message.contains("vae/config.json")),
+        "{last:?}"
+    );
 }
 
 #[test]
@@ -215,7 +230,10 @@ fn missing_files_and_denied_access_are_reported_clearly() {
     let (failed, events) = download(&models, &[BIG], &hub.hub(&dir.path().join("cache")));
     assert_eq!(failed, 1);
     let last = events[0].last().unwrap();
-    assert!(matches!(last, DownloadEvent::Failed { message } if message.contains("access denied (401)") && message.contains("HF_TOKEN")), "{last:?}");
+    assert!(
+        matches!(last, DownloadEvent::Failed { message } if message.contains("access denied (401)") && message.contains("HF_TOKEN")),
+        "{last:?}"
+    );
 
     // With the token it works, and the token never goes to the storage server.
     let with_token = Hub::new(HubConfig {
@@ -280,9 +298,7 @@ fn onnx_runtime_comes_from_the_package_index_checked_against_its_pin() {
     let member = "onnxruntime/capi/libonnxruntime.so.1.31.1";
     let wheel = wheel_with(member, &library_bytes);
     let decoy = wheel_with(member, b"another platform");
-    let entry = |name: &str, bytes: &[u8]| {
-        serde_json::json!({"filename": name, "url": hub.host_blob(bytes.to_vec()), "size": bytes.len(), "hashes": {"sha256": sha256(bytes)}})
-    };
+    let entry = |name: &str, bytes: &[u8]| serde_json::json!({"filename": name, "url": hub.host_blob(bytes.to_vec()), "size": bytes.len(), "hashes": {"sha256": sha256(bytes)}});
     let page = serde_json::json!({"meta": {"api-version": "1.1"}, "files": [
         entry("onnxruntime-1.31.1-cp311-cp311-win_amd64.whl", &decoy),
         entry("onnxruntime-1.30.0-cp311-cp311-manylinux_2_28_x86_64.whl", &decoy),
@@ -324,7 +340,9 @@ fn cancel_keeps_the_partial_file_for_later_and_puts_nothing_in_place() {
     std::fs::create_dir_all(part.parent().unwrap()).unwrap();
     std::fs::write(&part, &big[..700_000]).unwrap();
     let events = Mutex::new(Vec::new());
-    let failed = download_all(&models, &[BIG], &hub.hub(&dir.path().join("cache")), 1, &AtomicBool::new(true), &|_, e| events.lock().unwrap().push(e));
+    let failed = download_all(&models, &[BIG], &hub.hub(&dir.path().join("cache")), 1, &AtomicBool::new(true), &|_, e| {
+        events.lock().unwrap().push(e)
+    });
     assert_eq!(failed, 0, "a cancel is not a failure");
     assert_eq!(events.into_inner().unwrap().last(), Some(&DownloadEvent::Cancelled));
     assert!(!models.path(BIG).exists());

@@ -99,23 +99,15 @@ fn a_tight_crop_is_found_by_retrying_smaller_detector_sizes() {
 fn alignment_matches_insightface_norm_crop() {
     let kps = reference("astronaut.json")[0].kps;
     let matrix = align::similarity_transform(&kps, &align::ARCFACE_TEMPLATE);
-    let expected: Vec<f64> = Tensor::read_npy(fixture().join("reference/align_matrix_astronaut_0.npy"))
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let expected: Vec<f64> =
+        Tensor::read_npy(fixture().join("reference/align_matrix_astronaut_0.npy")).unwrap().flatten_all().unwrap().to_vec1().unwrap();
     for (ours, theirs) in matrix.iter().flatten().zip(&expected) {
         assert!((ours - theirs).abs() <= 1e-6 * theirs.abs().max(1.0), "matrix {matrix:?} vs {expected:?}");
     }
     let crop = align::warp_affine(&load_photo(&photo("astronaut.jpg")).unwrap(), &matrix);
     // insightface's crop is BGR.
-    let bgr: Vec<u8> = Tensor::read_npy(fixture().join("reference/aligned_astronaut_0.npy"))
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let bgr: Vec<u8> =
+        Tensor::read_npy(fixture().join("reference/aligned_astronaut_0.npy")).unwrap().flatten_all().unwrap().to_vec1().unwrap();
     let diffs: Vec<u8> = crop.pixels().zip(bgr.chunks(3)).flat_map(|(p, q)| (0..3).map(move |c| p[c].abs_diff(q[2 - c]))).collect();
     let mean = diffs.iter().map(|&d| d as f64).sum::<f64>() / diffs.len() as f64;
     // OpenCV quantises sampling positions to 1/32 px and weights to 15 bits; we do not.

@@ -281,7 +281,8 @@ fn index_entries_outside_the_folder_are_dropped() {
     let outside = root.path().join("outside.png");
     metadata::write_png(root.path(), "outside", &image(1), &meta(Some(9))).unwrap();
     let text = std::fs::read_to_string(index_path(&dir)).unwrap();
-    std::fs::write(index_path(&dir), text.replace("\"seed2.png\"", "\"../outside.png\"").replace("\"image3.png\"", "\"gallery.json\"")).unwrap();
+    std::fs::write(index_path(&dir), text.replace("\"seed2.png\"", "\"../outside.png\"").replace("\"image3.png\"", "\"gallery.json\""))
+        .unwrap();
 
     let gallery = Gallery::open(&dir).unwrap();
     // seed2.png and image3.png are still in the folder, so they come back as new entries.

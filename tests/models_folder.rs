@@ -56,7 +56,11 @@ fn verify_accepts_good_files_and_names_each_bad_one() {
     truncate(&models.join(models::ENCODER_WEIGHTS.relative_path));
     truncate(&models.join(models::DETECTOR.relative_path));
     // A recognizer of the wrong kind under the right name (here the detector).
-    std::fs::copy(common::generation_and_face_models(&dir.path().join("other")).join(models::DETECTOR.relative_path), models.join("arcface.onnx")).unwrap();
+    std::fs::copy(
+        common::generation_and_face_models(&dir.path().join("other")).join(models::DETECTOR.relative_path),
+        models.join("arcface.onnx"),
+    )
+    .unwrap();
     std::fs::write(models.join(models::UNET_CONFIG.relative_path), "{\"truncated\": ").unwrap();
     let (output, stdout) = models_command(&models, "verify");
     assert!(!output.status.success());
@@ -64,7 +68,10 @@ fn verify_accepts_good_files_and_names_each_bad_one() {
     assert!(line(&stdout, models::ENCODER_WEIGHTS).contains("wrong: not a readable torch pickle"), "{stdout}");
     assert!(line(&stdout, models::DETECTOR).contains("wrong: not a readable ONNX model (truncated)"), "{stdout}");
     assert!(line(&stdout, models::RECOGNIZER).contains("expected a 112×112 ArcFace recognizer"), "{stdout}");
-    assert!(line(&stdout, models::UNET_CONFIG).contains("wrong:") && line(&stdout, models::UNET_CONFIG).contains("malformed config"), "{stdout}");
+    assert!(
+        line(&stdout, models::UNET_CONFIG).contains("wrong:") && line(&stdout, models::UNET_CONFIG).contains("malformed config"),
+        "{stdout}"
+    );
     assert!(line(&stdout, models::SCHEDULER_CONFIG).contains("present ("), "{stdout}");
 }
 

@@ -19,10 +19,10 @@ use crate::gallery::history::{Gallery, SortOrder};
 use crate::gallery::metadata::{self, GenerationMetadata};
 use crate::models::hub::HubConfig;
 use crate::models::{self, ModelsDir};
-use models_task::{ModelsState, ModelsTask};
-use thumbnails::ThumbnailLoader;
 use crate::worker::{Command, Event, GenerationRequest, Worker};
+use models_task::{ModelsState, ModelsTask};
 use state::*;
+use thumbnails::ThumbnailLoader;
 
 const SETTINGS_KEY: &str = "arc2face-settings";
 /// How long one frame may spend folding in worker events.
@@ -39,7 +39,10 @@ pub enum Action {
     ClearKeptFaces,
     /// Restore the settings (and, when it is a recent photo, the face) an exported image was
     /// made with.
-    RestoreFrom { path: PathBuf, metadata: Box<GenerationMetadata> },
+    RestoreFrom {
+        path: PathBuf,
+        metadata: Box<GenerationMetadata>,
+    },
     Generate,
     CancelRunning,
     RemoveQueued(u64),
@@ -47,7 +50,11 @@ pub enum Action {
     MoveQueuedDown(u64),
     UseSeedOf(u64),
     NewSeed,
-    SelectEntry { id: u64, extend: bool, toggle: bool },
+    SelectEntry {
+        id: u64,
+        extend: bool,
+        toggle: bool,
+    },
     SelectAll,
     ClearSelection,
     OpenEntry(Option<u64>),
@@ -122,7 +129,10 @@ impl StudioApp {
         let worker = Worker::spawn(models_dir.clone(), move || wake_ctx.request_repaint()).expect("the worker thread starts");
         let mut notices = Vec::new();
         let gallery = Gallery::open(&gallery_dir).unwrap_or_else(|e| {
-            notices.push(Notice { text: format!("The gallery could not be opened ({e}); results are kept in a temporary folder"), is_error: true });
+            notices.push(Notice {
+                text: format!("The gallery could not be opened ({e}); results are kept in a temporary folder"),
+                is_error: true,
+            });
             let fallback = std::env::temp_dir().join(format!("arc2face-gallery-{}", std::process::id()));
             Gallery::open(&fallback).expect("a gallery in the temporary folder")
         });
@@ -179,9 +189,7 @@ impl StudioApp {
                 self.worker.send(Command::AnalyzePhoto { path });
             }
             Action::BrowsePhoto => {
-                let picked = rfd::FileDialog::new()
-                    .add_filter("Photos", &["jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff"])
-                    .pick_file();
+                let picked = rfd::FileDialog::new().add_filter("Photos", &["jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff"]).pick_file();
                 if let Some(path) = picked {
                     self.apply(Action::OpenPhoto(path));
                 }
@@ -226,7 +234,9 @@ impl StudioApp {
                         state.pending_face = Some((photo.clone(), face));
                         self.apply(Action::OpenPhoto(photo));
                     }
-                    None => text.push_str(&format!("; its identity came from {}: open that photo to make it again", metadata.identity_source)),
+                    None => {
+                        text.push_str(&format!("; its identity came from {}: open that photo to make it again", metadata.identity_source))
+                    }
                 }
                 self.state.notices.push(Notice { text, is_error: false });
             }
@@ -286,7 +296,9 @@ impl StudioApp {
                             state.gallery.selection.clear();
                             state.gallery.opened = None;
                             state.gallery.comparing = None;
-                            state.notices.push(Notice { text: format!("Deleted {} image(s) — Undo with Ctrl+Z", ids.len()), is_error: false });
+                            state
+                                .notices
+                                .push(Notice { text: format!("Deleted {} image(s) — Undo with Ctrl+Z", ids.len()), is_error: false });
                         }
                         Err(e) => notify_error(state, e.to_string()),
                     }
@@ -307,7 +319,9 @@ impl StudioApp {
             Action::ExportTo(dir) => {
                 let ids: Vec<u64> = state.gallery.selection.iter().copied().collect();
                 match state.gallery.gallery.export(&ids, &dir) {
-                    Ok(paths) => state.notices.push(Notice { text: format!("Exported {} image(s) to {}", paths.len(), dir.display()), is_error: false }),
+                    Ok(paths) => state
+                        .notices
+                        .push(Notice { text: format!("Exported {} image(s) to {}", paths.len(), dir.display()), is_error: false }),
                     Err(e) => notify_error(state, e.to_string()),
                 }
             }
@@ -339,7 +353,8 @@ impl StudioApp {
                 if state.models.task.is_none() && (!files.is_empty() || runtime.is_some()) {
                     let wake = self.ctx.clone();
                     let models = ModelsDir::new(&state.models_dir);
-                    state.models.task = Some(ModelsTask::download(models, files, runtime, self.hub.clone(), move || wake.request_repaint()));
+                    state.models.task =
+                        Some(ModelsTask::download(models, files, runtime, self.hub.clone(), move || wake.request_repaint()));
                 }
             }
             Action::VerifyModels => {
@@ -530,7 +545,11 @@ impl StudioApp {
         let dropped: Vec<PathBuf> = ctx.input(|i| i.raw.dropped_files.iter().map(|f| f.path().to_path_buf()).collect());
         for path in dropped {
             // An image this app made carries its settings (a few bytes before the pixels).
-            let made_here = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")).then(|| metadata::read_metadata(&path).ok().flatten()).flatten();
+            let made_here = path
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("png"))
+                .then(|| metadata::read_metadata(&path).ok().flatten())
+                .flatten();
             match made_here {
                 Some(metadata) => self.apply(Action::RestoreFrom { path, metadata: Box::new(metadata) }),
                 None => self.apply(Action::OpenPhoto(path)),
@@ -552,7 +571,9 @@ impl StudioApp {
             }
         }
         for (key, step) in [(egui::Key::ArrowRight, 1i64), (egui::Key::ArrowLeft, -1)] {
-            if ctx.input(|i| i.key_pressed(key) && !i.modifiers.any()) && let Some(id) = self.neighbour_entry(step) {
+            if ctx.input(|i| i.key_pressed(key) && !i.modifiers.any())
+                && let Some(id) = self.neighbour_entry(step)
+            {
                 self.apply(Action::SelectEntry { id, extend: false, toggle: false });
                 if self.state.gallery.opened.is_some() {
                     self.apply(Action::OpenEntry(Some(id)));
@@ -621,5 +642,3 @@ pub fn color_image(image: &RgbImage) -> ColorImage {
 fn file_name(path: &Path) -> String {
     path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
-
-

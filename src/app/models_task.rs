@@ -12,8 +12,8 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::models::check::{self, FileState, FileStatus};
 use crate::models::download::{self, DownloadError, DownloadEvent, TransferRate};
-use crate::models::onnxruntime::{self, PinnedLibrary};
 use crate::models::hub::{Hub, HubConfig};
+use crate::models::onnxruntime::{self, PinnedLibrary};
 use crate::models::{ALL_FILES, ModelFile, ModelsDir};
 
 /// The Models window's row for the ONNX Runtime library.
@@ -140,7 +140,10 @@ impl ModelsState {
 
     /// The files a "Download missing" fetches.
     pub fn downloadable(&self) -> Vec<ModelFile> {
-        ALL_FILES.into_iter().filter(|f| self.statuses.iter().any(|s| s.file == *f && matches!(s.state, FileState::Missing { .. }))).collect()
+        ALL_FILES
+            .into_iter()
+            .filter(|f| self.statuses.iter().any(|s| s.file == *f && matches!(s.state, FileState::Missing { .. })))
+            .collect()
     }
 
     /// Where to put ONNX Runtime and which build, when it is missing and this platform has a pin.
@@ -158,7 +161,8 @@ impl ModelsState {
                 let transfer = self.transfers.entry(relative_path).or_default();
                 match event {
                     DownloadEvent::Started { total, done, from_cache } => {
-                        *transfer = Transfer { total, done, note: from_cache.then(|| "from the Hugging Face cache".into()), ..Default::default() };
+                        *transfer =
+                            Transfer { total, done, note: from_cache.then(|| "from the Hugging Face cache".into()), ..Default::default() };
                         transfer.rate.record(Instant::now(), done);
                     }
                     DownloadEvent::Progress { done } => {

@@ -187,10 +187,7 @@ fn top_bar(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
     let missing = state.models.missing_required();
     if !missing.is_empty() {
         ui.horizontal_wrapped(|ui| {
-            ui.colored_label(
-                WARNING,
-                format!("Model files missing in {}: {}.", state.models_dir.display(), missing.join(", ")),
-            );
+            ui.colored_label(WARNING, format!("Model files missing in {}: {}.", state.models_dir.display(), missing.join(", ")));
             if ui.button("Get the models…").clicked() {
                 actions.push(Action::ShowModelsWindow(true));
             }
@@ -378,10 +375,12 @@ fn central(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
             ui.heading(format!("Generating image {} of {}", running.image_index + 1, request.num_images));
             let total = (request.num_images * request.steps).max(1);
             let eta = running.seconds_left().map(|s| format!(", about {} left", short_duration(s))).unwrap_or_default();
-            ui.add(
-                egui::ProgressBar::new(running.steps_done as f32 / total as f32)
-                    .text(format!("step {}/{} · {:.2} it/s{eta}", running.step, running.steps.max(request.steps), running.iterations_per_second())),
-            );
+            ui.add(egui::ProgressBar::new(running.steps_done as f32 / total as f32).text(format!(
+                "step {}/{} · {:.2} it/s{eta}",
+                running.step,
+                running.steps.max(request.steps),
+                running.iterations_per_second()
+            )));
             if running.cancelling {
                 ui.label("Cancelling after this step…");
             }
@@ -450,8 +449,7 @@ fn gallery(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
                 ui.vertical(|ui| {
                     let response = match gallery.thumbnails.get(&id) {
                         Some(texture) => ui.add(
-                            egui::Button::image(egui::Image::new(texture).fit_to_exact_size(Vec2::splat(128.0)))
-                                .selected(is_selected),
+                            egui::Button::image(egui::Image::new(texture).fit_to_exact_size(Vec2::splat(128.0))).selected(is_selected),
                         ),
                         None => ui.add_sized([128.0, 128.0], egui::Button::new("loading").selected(is_selected)),
                     };

@@ -61,10 +61,7 @@ struct FeedForward {
 impl FeedForward {
     fn new(vb: VarBuilder, dim: usize) -> Result<Self> {
         let inner = dim * 4;
-        Ok(Self {
-            proj: candle_nn::linear(dim, inner * 2, vb.pp("net.0.proj"))?,
-            out: candle_nn::linear(inner, dim, vb.pp("net.2"))?,
-        })
+        Ok(Self { proj: candle_nn::linear(dim, inner * 2, vb.pp("net.0.proj"))?, out: candle_nn::linear(inner, dim, vb.pp("net.2"))? })
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {

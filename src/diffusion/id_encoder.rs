@@ -50,10 +50,7 @@ impl IdEncoderConfig {
             return Err(format!("max_position_embeddings {} < 77", self.max_position_embeddings));
         }
         if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
-            return Err(format!(
-                "hidden_size {} is not divisible by num_attention_heads {}",
-                self.hidden_size, self.num_attention_heads
-            ));
+            return Err(format!("hidden_size {} is not divisible by num_attention_heads {}", self.hidden_size, self.num_attention_heads));
         }
         Activation::from_name(&self.hidden_act).map(|_| ())
     }
@@ -105,9 +102,7 @@ impl SelfAttention {
     fn forward(&self, xs: &Tensor, causal_mask: &Tensor) -> Result<Tensor> {
         let (batch, seq, hidden) = xs.dims3()?;
         let head_dim = hidden / self.num_heads;
-        let heads = |t: Tensor| {
-            t.reshape((batch, seq, self.num_heads, head_dim))?.transpose(1, 2)?.contiguous()
-        };
+        let heads = |t: Tensor| t.reshape((batch, seq, self.num_heads, head_dim))?.transpose(1, 2)?.contiguous();
         let q = heads((self.q_proj.forward(xs)? * (head_dim as f64).powf(-0.5))?)?;
         let k = heads(self.k_proj.forward(xs)?)?;
         let v = heads(self.v_proj.forward(xs)?)?;
@@ -168,17 +163,13 @@ impl IdEncoder {
         let activation = Activation::from_name(&config.hidden_act).map_err(candle_core::Error::msg)?;
         let vb = vb.pp("text_model");
         let h = config.hidden_size;
-        let token_embedding =
-            candle_nn::embedding(config.vocab_size, h, vb.pp("embeddings.token_embedding"))?;
-        let position_embedding = vb
-            .pp("embeddings.position_embedding")
-            .get((config.max_position_embeddings, h), "weight")?
-            .narrow(0, 0, SEQUENCE_LENGTH)?;
+        let token_embedding = candle_nn::embedding(config.vocab_size, h, vb.pp("embeddings.token_embedding"))?;
+        let position_embedding =
+            vb.pp("embeddings.position_embedding").get((config.max_position_embeddings, h), "weight")?.narrow(0, 0, SEQUENCE_LENGTH)?;
         let layers = (0..config.num_hidden_layers)
             .map(|i| EncoderLayer::new(vb.pp(format!("encoder.layers.{i}")), config, activation))
             .collect::<Result<Vec<_>>>()?;
-        let final_layer_norm =
-            candle_nn::layer_norm(h, config.layer_norm_eps, vb.pp("final_layer_norm"))?;
+        let final_layer_norm = candle_nn::layer_norm(h, config.layer_norm_eps, vb.pp("final_layer_norm"))?;
         let causal_mask = causal_mask(SEQUENCE_LENGTH, vb.device())?;
         Ok(Self { token_embedding, position_embedding, layers, final_layer_norm, causal_mask, hidden_size: h })
     }
@@ -196,8 +187,7 @@ impl IdEncoder {
         let norm = identity.iter().map(|v| v * v).sum::<f32>().sqrt();
         let mut id_row: Vec<f32> = identity.iter().map(|v| v / norm).collect();
         id_row.resize(self.hidden_size, 0.0);
-        let id_row = Tensor::from_vec(id_row, (1, self.hidden_size), self.device())?
-            .to_dtype(tokens.dtype())?;
+        let id_row = Tensor::from_vec(id_row, (1, self.hidden_size), self.device())?.to_dtype(tokens.dtype())?;
         let tokens = Tensor::cat(
             &[
                 &tokens.narrow(0, 0, ID_TOKEN_POSITION)?,
@@ -238,8 +228,6 @@ fn pad_to_sequence(prefix: &[u32]) -> Vec<u32> {
 }
 
 fn causal_mask(n: usize, device: &Device) -> Result<Tensor> {
-    let mask: Vec<f32> = (0..n)
-        .flat_map(|i| (0..n).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
-        .collect();
+    let mask: Vec<f32> = (0..n).flat_map(|i| (0..n).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })).collect();
     Tensor::from_vec(mask, (n, n), device)
 }

@@ -7,12 +7,8 @@ use image::RgbImage;
 
 /// Per latent channel, its contribution to (R, G, B): the widely used least-squares fit for the
 /// SD1.x VAE, which maps scaled latents to roughly [−1, 1].
-const LATENT_TO_RGB: [[f32; 3]; 4] = [
-    [0.3512, 0.2297, 0.3227],
-    [0.3250, 0.4974, 0.2350],
-    [-0.2829, 0.1762, 0.2721],
-    [-0.2120, -0.0710, -0.3823],
-];
+const LATENT_TO_RGB: [[f32; 3]; 4] =
+    [[0.3512, 0.2297, 0.3227], [0.3250, 0.4974, 0.2350], [-0.2829, 0.1762, 0.2721], [-0.2120, -0.0710, -0.3823]];
 
 /// An RGB preview, one pixel per latent pixel, of the first image of `latents` `(B, C, h, w)`.
 /// Latents without four channels are shown as the grey level of their channel mean.

@@ -47,10 +47,7 @@ impl SchedulerConfig {
     /// Returns a reason when the config asks for something this sampler does not do.
     pub fn training_sigmas(&self) -> std::result::Result<Vec<f64>, String> {
         if self.prediction_type != "epsilon" {
-            return Err(format!(
-                "prediction_type {:?} is not supported (Arc2Face predicts epsilon)",
-                self.prediction_type
-            ));
+            return Err(format!("prediction_type {:?} is not supported (Arc2Face predicts epsilon)", self.prediction_type));
         }
         let n = self.num_train_timesteps;
         if n < 2 {
@@ -61,10 +58,7 @@ impl SchedulerConfig {
             (Some(betas), _) => {
                 return Err(format!("trained_betas has {} values, expected {n}", betas.len()));
             }
-            (None, "scaled_linear") => linspace(self.beta_start.sqrt(), self.beta_end.sqrt(), n)
-                .into_iter()
-                .map(|b| b * b)
-                .collect(),
+            (None, "scaled_linear") => linspace(self.beta_start.sqrt(), self.beta_end.sqrt(), n).into_iter().map(|b| b * b).collect(),
             (None, "linear") => linspace(self.beta_start, self.beta_end, n),
             (None, other) => return Err(format!("beta_schedule {other:?} is not supported")),
         };
@@ -89,10 +83,7 @@ fn linspace(start: f64, end: f64, n: usize) -> Vec<f64> {
 pub fn linspace_timesteps(num_train_timesteps: usize, num_steps: usize) -> Vec<u32> {
     let last = (num_train_timesteps - 1) as f64;
     let step = last / num_steps as f64;
-    (1..=num_steps)
-        .rev()
-        .map(|i| if i == num_steps { last } else { (i as f64 * step).round_ties_even() } as u32)
-        .collect()
+    (1..=num_steps).rev().map(|i| if i == num_steps { last } else { (i as f64 * step).round_ties_even() } as u32).collect()
 }
 
 /// What one solver step produced.
@@ -116,8 +107,7 @@ pub struct DpmSolverMultistep {
 impl DpmSolverMultistep {
     pub fn new(training_sigmas: &[f64], num_steps: usize) -> Self {
         let timesteps = linspace_timesteps(training_sigmas.len(), num_steps.max(1));
-        let sigmas =
-            timesteps.iter().map(|&t| training_sigmas[t as usize]).chain([0.0]).collect();
+        let sigmas = timesteps.iter().map(|&t| training_sigmas[t as usize]).chain([0.0]).collect();
         Self { timesteps, sigmas, step_index: 0, previous_x0: None }
     }
 

@@ -162,11 +162,7 @@ impl UNetConfig {
                 other => return Err(format!("down block type {other:?} is not supported")),
             };
             if self.up_block_types[n - 1 - i] != mirrored {
-                return Err(format!(
-                    "up_block_types must mirror down_block_types ({:?} expected at up block {})",
-                    mirrored,
-                    n - 1 - i
-                ));
+                return Err(format!("up_block_types must mirror down_block_types ({:?} expected at up block {})", mirrored, n - 1 - i));
             }
         }
         if !self.heads().len_matches(n) || !self.transformer_layers_per_block.len_matches(n) {
@@ -175,28 +171,19 @@ impl UNetConfig {
         for (i, &channels) in self.block_out_channels.iter().enumerate() {
             let heads = self.heads().get(i);
             if heads == 0 || channels % heads != 0 || channels % self.norm_num_groups != 0 {
-                return Err(format!(
-                    "block {i}: {channels} channels do not split into {heads} heads and {} groups",
-                    self.norm_num_groups
-                ));
+                return Err(format!("block {i}: {channels} channels do not split into {heads} heads and {} groups", self.norm_num_groups));
             }
         }
         let unsupported = [
             ("act_fn", self.act_fn != "silu"),
-            (
-                "mid_block_type",
-                self.mid_block_type.as_deref().is_some_and(|t| t != "UNetMidBlock2DCrossAttn"),
-            ),
+            ("mid_block_type", self.mid_block_type.as_deref().is_some_and(|t| t != "UNetMidBlock2DCrossAttn")),
             ("class_embed_type", self.class_embed_type.as_ref().is_some_and(|v| !v.is_null())),
             ("addition_embed_type", self.addition_embed_type.as_ref().is_some_and(|v| !v.is_null())),
             ("time_cond_proj_dim", self.time_cond_proj_dim.as_ref().is_some_and(|v| !v.is_null())),
             ("encoder_hid_dim", self.encoder_hid_dim.as_ref().is_some_and(|v| !v.is_null())),
             ("dual_cross_attention", self.dual_cross_attention),
             ("only_cross_attention", self.only_cross_attention.as_bool().unwrap_or(false)),
-            (
-                "resnet_time_scale_shift",
-                self.resnet_time_scale_shift.as_deref().is_some_and(|s| s != "default"),
-            ),
+            ("resnet_time_scale_shift", self.resnet_time_scale_shift.as_deref().is_some_and(|s| s != "default")),
         ];
         match unsupported.iter().find(|(_, set)| *set) {
             Some((name, _)) => Err(format!("{name} is set to a value this UNet does not support")),
@@ -233,8 +220,7 @@ impl UNet {
         let conv3 = candle_nn::Conv2dConfig { padding: 1, ..Default::default() };
         let conv_in = candle_nn::conv2d(config.in_channels, channels[0], 3, conv3, vb.pp("conv_in"))?;
         let time_proj = Timesteps::new(channels[0], config.flip_sin_to_cos, config.freq_shift);
-        let time_embedding =
-            TimestepEmbedding::new(vb.pp("time_embedding"), channels[0], time_embed_dim)?;
+        let time_embedding = TimestepEmbedding::new(vb.pp("time_embedding"), channels[0], time_embed_dim)?;
 
         let settings = BlockSettings {
             time_embed_dim,
@@ -244,10 +230,9 @@ impl UNet {
             use_linear_projection: config.use_linear_projection,
         };
         let attention = |block: usize| {
-            config.has_cross_attention(block).then(|| Attention {
-                heads: heads.get(block),
-                depth: config.transformer_layers_per_block.get(block),
-            })
+            config
+                .has_cross_attention(block)
+                .then(|| Attention { heads: heads.get(block), depth: config.transformer_layers_per_block.get(block) })
         };
 
         let down_blocks = (0..n)
@@ -267,8 +252,7 @@ impl UNet {
             .collect::<Result<Vec<_>>>()?;
 
         let mid_attention = Attention { heads: heads.get(n - 1), depth: config.transformer_layers_per_block.get(n - 1) };
-        let mid_block =
-            MidBlock::new(vb.pp("mid_block"), channels[n - 1], mid_attention, config.mid_block_scale_factor, &settings)?;
+        let mid_block = MidBlock::new(vb.pp("mid_block"), channels[n - 1], mid_attention, config.mid_block_scale_factor, &settings)?;
 
         // Up block i mirrors down block n−1−i and consumes its skips (plus, at its last resnet,
         // the one that entered that down block).
@@ -292,12 +276,7 @@ impl UNet {
             })
             .collect::<Result<Vec<_>>>()?;
 
-        let conv_norm_out = candle_nn::group_norm(
-            config.norm_num_groups,
-            channels[0],
-            config.norm_eps,
-            vb.pp("conv_norm_out"),
-        )?;
+        let conv_norm_out = candle_nn::group_norm(config.norm_num_groups, channels[0], config.norm_eps, vb.pp("conv_norm_out"))?;
         let conv_out = candle_nn::conv2d(channels[0], config.out_channels, 3, conv3, vb.pp("conv_out"))?;
         Ok(Self {
             conv_in,

@@ -82,9 +82,7 @@ impl DownBlock {
         let attentions = attention
             .map(|a| (0..num_layers).map(|i| transformer(vb.pp(format!("attentions.{i}")), out_channels, a, s)).collect())
             .transpose()?;
-        let downsampler = downsample_padding
-            .map(|padding| conv3(vb.pp("downsamplers.0"), out_channels, 2, padding))
-            .transpose()?;
+        let downsampler = downsample_padding.map(|padding| conv3(vb.pp("downsamplers.0"), out_channels, 2, padding)).transpose()?;
         Ok(Self { resnets, attentions, downsampler })
     }
 
@@ -134,9 +132,7 @@ impl UpBlock {
             })
             .collect::<Result<Vec<_>>>()?;
         let attentions = attention
-            .map(|a| {
-                (0..skip_channels.len()).map(|i| transformer(vb.pp(format!("attentions.{i}")), out_channels, a, s)).collect()
-            })
+            .map(|a| (0..skip_channels.len()).map(|i| transformer(vb.pp(format!("attentions.{i}")), out_channels, a, s)).collect())
             .transpose()?;
         let upsampler = if add_upsample { Some(conv3(vb.pp("upsamplers.0"), out_channels, 1, 1)?) } else { None };
         Ok(Self { resnets, attentions, upsampler })

@@ -129,9 +129,8 @@ impl Arc2FacePipeline {
         models.check_generation_files()?;
 
         let scheduler_config: SchedulerConfig = models.read_config(models::SCHEDULER_CONFIG)?;
-        let training_sigmas = scheduler_config
-            .training_sigmas()
-            .map_err(|e| ModelError::invalid(&models.path(models::SCHEDULER_CONFIG), e))?;
+        let training_sigmas =
+            scheduler_config.training_sigmas().map_err(|e| ModelError::invalid(&models.path(models::SCHEDULER_CONFIG), e))?;
 
         let encoder_config: IdEncoderConfig = models.read_config(models::ENCODER_CONFIG)?;
         let encoder_path = models.existing(models::ENCODER_WEIGHTS)?;
@@ -159,9 +158,7 @@ impl Arc2FacePipeline {
 
         let vae_config: VaeConfig = models.read_config(models::VAE_CONFIG)?;
         let vae_path = models.existing(models::VAE_WEIGHTS)?;
-        if vae_config.latent_channels != unet_config.in_channels
-            || unet_config.in_channels != unet_config.out_channels
-        {
+        if vae_config.latent_channels != unet_config.in_channels || unet_config.in_channels != unet_config.out_channels {
             return Err(ModelError::invalid(
                 &models.path(models::VAE_CONFIG),
                 format!(
@@ -182,18 +179,7 @@ impl Arc2FacePipeline {
                 bytes: std::fs::metadata(models.path(*file)).map(|m| m.len()).unwrap_or(0),
             })
             .collect();
-        Ok(Self {
-            encoder,
-            unconditional,
-            unet,
-            unet_config,
-            vae,
-            vae_config,
-            training_sigmas,
-            device: device.clone(),
-            dtype,
-            files,
-        })
+        Ok(Self { encoder, unconditional, unet, unet_config, vae, vae_config, training_sigmas, device: device.clone(), dtype, files })
     }
 
     /// The image side the UNet was trained at: `sample_size × VAE scale factor` (512 for SD1.5).
@@ -231,11 +217,7 @@ impl Arc2FacePipeline {
         let input = |msg: String| Err(EngineError::Input(msg));
         let id = &job.identity;
         if id.is_empty() || id.len() > self.max_identity_len() {
-            return input(format!(
-                "the identity vector has {} values; this encoder takes 1 to {}",
-                id.len(),
-                self.max_identity_len()
-            ));
+            return input(format!("the identity vector has {} values; this encoder takes 1 to {}", id.len(), self.max_identity_len()));
         }
         let norm = id.iter().map(|v| v * v).sum::<f32>().sqrt();
         if !norm.is_finite() || norm == 0.0 {
@@ -251,9 +233,7 @@ impl Arc2FacePipeline {
         }
         let multiple = self.size_multiple();
         if size == 0 || size % multiple != 0 || size > MAX_SIZE {
-            return input(format!(
-                "size must be a multiple of {multiple} between {multiple} and {MAX_SIZE}, got {size}"
-            ));
+            return input(format!("size must be a multiple of {multiple} between {multiple} and {MAX_SIZE}, got {size}"));
         }
         if job.num_images == 0 {
             return input("the number of images must be at least 1".into());
@@ -288,9 +268,7 @@ impl Arc2FacePipeline {
                     let seed = seed.wrapping_add(index as u64);
                     (self.seeded_latents(seed, job.params.size)?, Some(seed))
                 }
-                InitialNoise::Latents(latents) => {
-                    (latents.narrow(0, index, 1)?.to_dtype(DType::F32)?.to_device(&self.device)?, None)
-                }
+                InitialNoise::Latents(latents) => (latents.narrow(0, index, 1)?.to_dtype(DType::F32)?.to_device(&self.device)?, None),
             };
             let Some(latents) = self.denoise(&context, initial, index, &job.params, on_step)? else {
                 return Ok(JobOutcome::Cancelled);
@@ -305,11 +283,7 @@ impl Arc2FacePipeline {
     /// else the conditional embedding alone.
     fn prompt_embeddings(&self, identity: &[f32], guidance: f64) -> Result<Tensor, EngineError> {
         let conditional = self.encoder.encode_identity(identity)?;
-        let context = if guidance > 1.0 {
-            Tensor::cat(&[&self.unconditional, &conditional], 0)?
-        } else {
-            conditional
-        };
+        let context = if guidance > 1.0 { Tensor::cat(&[&self.unconditional, &conditional], 0)? } else { conditional };
         Ok(context.to_dtype(self.dtype)?)
     }
 
@@ -337,8 +311,7 @@ impl Arc2FacePipeline {
         let timesteps = scheduler.timesteps().to_vec();
         for (i, &timestep) in timesteps.iter().enumerate() {
             let model_input = latents.to_dtype(self.dtype)?;
-            let model_input =
-                if guided { Tensor::cat(&[&model_input, &model_input], 0)? } else { model_input };
+            let model_input = if guided { Tensor::cat(&[&model_input, &model_input], 0)? } else { model_input };
             let eps = self.unet.forward(&model_input, timestep as f64, context)?.to_dtype(DType::F32)?;
             let eps = if guided {
                 let (unconditional, conditional) = (eps.get(0)?, eps.get(1)?);
@@ -348,13 +321,8 @@ impl Arc2FacePipeline {
             };
             let step = scheduler.step(&eps, &latents)?;
             latents = step.prev_sample;
-            let progress = StepProgress {
-                image_index,
-                step: i + 1,
-                steps: timesteps.len(),
-                latents: &latents,
-                predicted_x0: &step.predicted_x0,
-            };
+            let progress =
+                StepProgress { image_index, step: i + 1, steps: timesteps.len(), latents: &latents, predicted_x0: &step.predicted_x0 };
             if on_step(&progress) == Flow::Cancel {
                 return Ok(None);
             }

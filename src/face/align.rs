@@ -5,13 +5,8 @@
 use image::RgbImage;
 
 /// Where ArcFace expects the eyes, nose tip and mouth corners in its 112×112 input.
-pub const ARCFACE_TEMPLATE: [[f64; 2]; 5] = [
-    [38.2946, 51.6963],
-    [73.5318, 51.5014],
-    [56.0252, 71.7366],
-    [41.5493, 92.3655],
-    [70.7299, 92.2041],
-];
+pub const ARCFACE_TEMPLATE: [[f64; 2]; 5] =
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]];
 pub const ALIGNED_SIZE: u32 = 112;
 
 /// The 2×3 matrix mapping photo points onto `template`, best in the least-squares sense.
@@ -37,10 +32,7 @@ pub fn similarity_transform(points: &[[f32; 2]; 5], template: &[[f64; 2]; 5]) ->
     let scale = dot.hypot(cross) / src_var;
     let (sin, cos) = cross.atan2(dot).sin_cos();
     let (a, b) = (scale * cos, scale * sin);
-    [
-        [a, -b, dst_mean[0] - (a * src_mean[0] - b * src_mean[1])],
-        [b, a, dst_mean[1] - (b * src_mean[0] + a * src_mean[1])],
-    ]
+    [[a, -b, dst_mean[0] - (a * src_mean[0] - b * src_mean[1])], [b, a, dst_mean[1] - (b * src_mean[0] + a * src_mean[1])]]
 }
 
 /// The 112×112 crop `matrix` maps the photo onto, sampled bilinearly; outside the photo is black.

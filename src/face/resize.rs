@@ -42,17 +42,17 @@ pub fn bilinear(image: &RgbImage, width: usize, height: usize) -> RgbImage {
     // Horizontal pass into fixed-point rows, then vertical, as OpenCV does.
     let horizontal = |row: usize| -> Vec<i32> {
         let line = &src[row * row_len..(row + 1) * row_len];
-        xs.iter()
-            .flat_map(|&(x0, x1, w0, w1)| (0..3).map(move |c| line[x0 * 3 + c] as i32 * w0 + line[x1 * 3 + c] as i32 * w1))
-            .collect()
+        xs.iter().flat_map(|&(x0, x1, w0, w1)| (0..3).map(move |c| line[x0 * 3 + c] as i32 * w0 + line[x1 * 3 + c] as i32 * w1)).collect()
     };
     let mut out = Vec::with_capacity(width * height * 3);
     for &(y0, y1, w0, w1) in &ys {
         let (top, bottom) = (horizontal(y0), horizontal(y1));
         let round = 1i64 << (2 * COEF_BITS - 1);
-        out.extend(top.iter().zip(&bottom).map(|(&t, &b)| {
-            ((t as i64 * w0 as i64 + b as i64 * w1 as i64 + round) >> (2 * COEF_BITS)).clamp(0, 255) as u8
-        }));
+        out.extend(
+            top.iter()
+                .zip(&bottom)
+                .map(|(&t, &b)| ((t as i64 * w0 as i64 + b as i64 * w1 as i64 + round) >> (2 * COEF_BITS)).clamp(0, 255) as u8),
+        );
     }
     RgbImage::from_raw(width as u32, height as u32, out).expect("buffer sized to the image")
 }

@@ -59,11 +59,7 @@ fn candidates() -> Vec<PathBuf> {
         found.push(PathBuf::from(path));
     }
     let exe_dir = std::env::current_exe().ok().and_then(|exe| exe.parent().map(PathBuf::from));
-    let dirs = [
-        exe_dir.clone(),
-        exe_dir.map(|dir| dir.join("../lib/arc2face")),
-        install_dir(),
-    ];
+    let dirs = [exe_dir.clone(), exe_dir.map(|dir| dir.join("../lib/arc2face")), install_dir()];
     for dir in dirs.into_iter().flatten() {
         found.extend(LIBRARY_NAMES.iter().map(|name| dir.join(name)));
     }

@@ -190,14 +190,20 @@ impl Gallery {
 
     /// Writes `image` with its metadata as a new PNG and records it. On error nothing changes:
     /// a PNG written before the index failed is deleted again.
-    pub fn add(&mut self, image: &RgbImage, metadata: GenerationMetadata, identity_match: Option<f32>) -> Result<&GalleryEntry, GalleryError> {
+    pub fn add(
+        &mut self,
+        image: &RgbImage,
+        metadata: GenerationMetadata,
+        identity_match: Option<f32>,
+    ) -> Result<&GalleryEntry, GalleryError> {
         let id = self.next_id;
         if let Some(score) = identity_match {
             self.check_score(id, score)?;
         }
         let stem = metadata.seed.map_or_else(|| format!("image{id}"), |seed| format!("seed{seed}"));
         let path = metadata::write_png(&self.dir, &stem, image, &metadata)?;
-        let entry = GalleryEntry { id, file_name: file_name_of(&path), metadata, created_unix_ms: now_unix_ms(), favourite: false, identity_match };
+        let entry =
+            GalleryEntry { id, file_name: file_name_of(&path), metadata, created_unix_ms: now_unix_ms(), favourite: false, identity_match };
 
         let mut entries = self.entries.clone();
         entries.push(entry);

@@ -6,15 +6,22 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::hub::{self, Checksum};
-use super::{ALL_FILES, DETECTOR, EXPRESSION_ADAPTER, ENCODER_WEIGHTS, ModelFile, ModelsDir, RECOGNIZER, onnx};
+use super::{ALL_FILES, DETECTOR, ENCODER_WEIGHTS, EXPRESSION_ADAPTER, ModelFile, ModelsDir, RECOGNIZER, onnx};
 
 /// The state of one file of the models folder.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FileState {
-    Present { size: u64 },
+    Present {
+        size: u64,
+    },
     /// Not there; `found_instead` names a known look-alike that is (a nested folder, a wrong model).
-    Missing { found_instead: Option<String>, partial: Option<u64> },
-    Wrong { reason: String },
+    Missing {
+        found_instead: Option<String>,
+        partial: Option<u64>,
+    },
+    Wrong {
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -54,7 +61,11 @@ pub fn status(models: &ModelsDir) -> Vec<FileStatus> {
             let state = match std::fs::metadata(&path) {
                 Ok(meta) if meta.is_file() => match recorded.get(file) {
                     Some(record) if record.size != meta.len() => FileState::Wrong {
-                        reason: format!("{} but the download was {}: truncated or replaced", human_bytes(meta.len()), human_bytes(record.size)),
+                        reason: format!(
+                            "{} but the download was {}: truncated or replaced",
+                            human_bytes(meta.len()),
+                            human_bytes(record.size)
+                        ),
                     },
                     _ => FileState::Present { size: meta.len() },
                 },

@@ -20,14 +20,24 @@ const ATTEMPTS: usize = 3;
 #[derive(Debug, Clone, PartialEq)]
 pub enum DownloadEvent {
     /// Bytes will flow: `done` of them are already there (a resumed `.part` or the cache).
-    Started { total: u64, done: u64, from_cache: bool },
-    Progress { done: u64 },
+    Started {
+        total: u64,
+        done: u64,
+        from_cache: bool,
+    },
+    Progress {
+        done: u64,
+    },
     /// The transfer broke; trying again from where it stopped.
-    Retrying { message: String },
+    Retrying {
+        message: String,
+    },
     Finished,
     /// The file was already in the folder.
     AlreadyPresent,
-    Failed { message: String },
+    Failed {
+        message: String,
+    },
     Cancelled,
 }
 
@@ -165,7 +175,13 @@ pub fn fetch_with_retries(
 }
 
 /// One transfer from where the `.part` file ends.
-fn fetch_once(hub: &Hub, remote: &RemoteFile, part: &Path, cancel: &AtomicBool, report: &dyn Fn(DownloadEvent)) -> Result<(), DownloadError> {
+fn fetch_once(
+    hub: &Hub,
+    remote: &RemoteFile,
+    part: &Path,
+    cancel: &AtomicBool,
+    report: &dyn Fn(DownloadEvent),
+) -> Result<(), DownloadError> {
     let mut have = std::fs::metadata(part).map(|m| m.len()).unwrap_or(0);
     if have > remote.size {
         std::fs::remove_file(part).map_err(|e| io_error(part, e))?;
@@ -175,15 +191,20 @@ fn fetch_once(hub: &Hub, remote: &RemoteFile, part: &Path, cancel: &AtomicBool, 
         return Ok(());
     }
     let body = hub.open(remote, have)?;
-    let mut out = std::fs::OpenOptions::new().create(true).append(body.start > 0).write(true).truncate(body.start == 0).open(part).map_err(|e| io_error(part, e))?;
+    let mut out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(body.start > 0)
+        .write(true)
+        .truncate(body.start == 0)
+        .open(part)
+        .map_err(|e| io_error(part, e))?;
     report(DownloadEvent::Started { total: remote.size, done: body.start, from_cache: false });
     let network = |message: String| HubError::Network { url: remote.download_url.clone(), message };
-    let done = copy_reporting(body.reader, &mut out, body.start, cancel, report)
-        .map_err(|e| match e {
-            CopyError::Read(done, e) => DownloadError::Hub(network(format!("connection lost after {done} of {} bytes: {e}", remote.size))),
-            CopyError::Write(e) => io_error(part, e),
-            CopyError::Cancelled => DownloadError::Cancelled,
-        })?;
+    let done = copy_reporting(body.reader, &mut out, body.start, cancel, report).map_err(|e| match e {
+        CopyError::Read(done, e) => DownloadError::Hub(network(format!("connection lost after {done} of {} bytes: {e}", remote.size))),
+        CopyError::Write(e) => io_error(part, e),
+        CopyError::Cancelled => DownloadError::Cancelled,
+    })?;
     if done < remote.size {
         return Err(network(format!("connection lost after {done} of {} bytes", remote.size)).into());
     }

@@ -34,7 +34,8 @@ impl HubConfig {
     pub fn from_env() -> Self {
         let var = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
         let hf_home = var("HF_HOME").map(PathBuf::from).or_else(|| {
-            let cache = var("XDG_CACHE_HOME").map(PathBuf::from).or_else(|| directories::BaseDirs::new().map(|b| b.home_dir().join(".cache")));
+            let cache =
+                var("XDG_CACHE_HOME").map(PathBuf::from).or_else(|| directories::BaseDirs::new().map(|b| b.home_dir().join(".cache")));
             cache.map(|dir| dir.join("huggingface"))
         });
         let token = var("HF_TOKEN").or_else(|| {
@@ -145,13 +146,8 @@ impl Hub {
         let mut url = self.resolve_url(file);
         for _ in 0..5 {
             let request = self.authorized(self.agent.head(&url), &url).header("Accept-Encoding", "identity");
-            let response = request
-                .config()
-                .max_redirects(0)
-                .max_redirects_will_error(false)
-                .build()
-                .call()
-                .map_err(|e| network(&url, e))?;
+            let response =
+                request.config().max_redirects(0).max_redirects_will_error(false).build().call().map_err(|e| network(&url, e))?;
             let status = response.status().as_u16();
             let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
             let location = header("location");

@@ -105,8 +105,7 @@ const fn sd15_file(relative_path: &'static str, what: &'static str) -> ModelFile
 pub const UNET_CONFIG: ModelFile = arc2face_file("arc2face/config.json", "Arc2Face UNet config", Feature::Generation, MIT);
 pub const UNET_WEIGHTS: ModelFile =
     arc2face_file("arc2face/diffusion_pytorch_model.safetensors", "Arc2Face UNet weights", Feature::Generation, MIT);
-pub const ENCODER_CONFIG: ModelFile =
-    arc2face_file("encoder/config.json", "Arc2Face ID encoder config", Feature::Generation, MIT);
+pub const ENCODER_CONFIG: ModelFile = arc2face_file("encoder/config.json", "Arc2Face ID encoder config", Feature::Generation, MIT);
 pub const ENCODER_WEIGHTS: ModelFile =
     arc2face_file("encoder/pytorch_model.bin", "Arc2Face ID encoder weights (torch pickle)", Feature::Generation, MIT);
 pub const VAE_CONFIG: ModelFile = sd15_file("vae/config.json", "SD1.5 VAE config");
@@ -121,38 +120,19 @@ pub const DETECTOR: ModelFile = ModelFile {
     licence: INSIGHTFACE,
     needed_for: Feature::FaceAnalysis,
 };
-pub const RECOGNIZER: ModelFile = arc2face_file(
-    "arcface.onnx",
-    "Arc2Face's ArcFace recognizer (not glintr100.onnx)",
-    Feature::FaceAnalysis,
-    INSIGHTFACE,
-);
+pub const RECOGNIZER: ModelFile =
+    arc2face_file("arcface.onnx", "Arc2Face's ArcFace recognizer (not glintr100.onnx)", Feature::FaceAnalysis, INSIGHTFACE);
 
 pub const CONTROLNET_CONFIG: ModelFile =
     arc2face_file("controlnet/config.json", "Arc2Face pose ControlNet config", Feature::PoseControl, MIT);
-pub const CONTROLNET_WEIGHTS: ModelFile = arc2face_file(
-    "controlnet/diffusion_pytorch_model.safetensors",
-    "Arc2Face pose ControlNet weights",
-    Feature::PoseControl,
-    MIT,
-);
-pub const EXPRESSION_ADAPTER: ModelFile = arc2face_file(
-    "exp_adapter/exp_adapter.bin",
-    "Arc2Face Expression Adapter (torch pickle)",
-    Feature::ExpressionControl,
-    EMOCA,
-);
+pub const CONTROLNET_WEIGHTS: ModelFile =
+    arc2face_file("controlnet/diffusion_pytorch_model.safetensors", "Arc2Face pose ControlNet weights", Feature::PoseControl, MIT);
+pub const EXPRESSION_ADAPTER: ModelFile =
+    arc2face_file("exp_adapter/exp_adapter.bin", "Arc2Face Expression Adapter (torch pickle)", Feature::ExpressionControl, EMOCA);
 
 /// The files a generation needs.
-pub const GENERATION_FILES: [ModelFile; 7] = [
-    UNET_CONFIG,
-    UNET_WEIGHTS,
-    ENCODER_CONFIG,
-    ENCODER_WEIGHTS,
-    VAE_CONFIG,
-    VAE_WEIGHTS,
-    SCHEDULER_CONFIG,
-];
+pub const GENERATION_FILES: [ModelFile; 7] =
+    [UNET_CONFIG, UNET_WEIGHTS, ENCODER_CONFIG, ENCODER_WEIGHTS, VAE_CONFIG, VAE_WEIGHTS, SCHEDULER_CONFIG];
 
 /// Every file of the models folder (DESIGN.md §3), in the order the model manager lists them.
 pub const ALL_FILES: [ModelFile; 12] = [
@@ -199,11 +179,7 @@ impl ModelsDir {
     /// The path of `file`, or an error naming it when it is not there.
     pub fn existing(&self, file: ModelFile) -> Result<PathBuf, ModelError> {
         let path = self.path(file);
-        if path.is_file() {
-            Ok(path)
-        } else {
-            Err(ModelError::Missing { path, what: file.what })
-        }
+        if path.is_file() { Ok(path) } else { Err(ModelError::Missing { path, what: file.what }) }
     }
 
     /// Checks every file a generation needs, so that a user learns of all missing files at once.
@@ -211,8 +187,7 @@ impl ModelsDir {
         if !self.root.is_dir() {
             return Err(ModelError::invalid(&self.root, "models folder not found; pass --models or set ARC2FACE_MODELS"));
         }
-        let missing: Vec<ModelFile> =
-            GENERATION_FILES.into_iter().filter(|file| !self.path(*file).is_file()).collect();
+        let missing: Vec<ModelFile> = GENERATION_FILES.into_iter().filter(|file| !self.path(*file).is_file()).collect();
         match missing.as_slice() {
             [] => Ok(()),
             [one] => Err(ModelError::Missing { path: self.path(*one), what: one.what }),

@@ -82,9 +82,15 @@ pub fn install(
     let wheel = project
         .files
         .iter()
-        .find(|f| f.filename.starts_with(&prefix) && f.filename.ends_with(".whl") && library.wheel_tags.iter().all(|tag| f.filename.contains(tag)))
+        .find(|f| {
+            f.filename.starts_with(&prefix) && f.filename.ends_with(".whl") && library.wheel_tags.iter().all(|tag| f.filename.contains(tag))
+        })
         .ok_or_else(|| DownloadError::Other(format!("{url}: no onnxruntime {ONNXRUNTIME_VERSION} wheel for this platform")))?;
-    let remote = RemoteFile { size: wheel.size, checksum: Checksum::Sha256(wheel.hashes.sha256.to_ascii_lowercase()), download_url: wheel.url.clone() };
+    let remote = RemoteFile {
+        size: wheel.size,
+        checksum: Checksum::Sha256(wheel.hashes.sha256.to_ascii_lowercase()),
+        download_url: wheel.url.clone(),
+    };
     let wheel_part = dir.join(format!("{}.part", wheel.filename));
     download::fetch_with_retries(hub, &remote, &wheel_part, cancel, report)?;
     let extracted = extract(&wheel_part, library, &dest);
@@ -104,7 +110,12 @@ fn extract(wheel: &Path, library: &PinnedLibrary, dest: &Path) -> Result<(), Dow
     let sha = sha256_of(&part).map_err(|e| other(&part, e))?;
     if sha != library.sha256 {
         let _ = std::fs::remove_file(&part);
-        return Err(DownloadError::Other(format!("{} in {} has sha256 {sha}, not the pinned {}", library.member, wheel.display(), library.sha256)));
+        return Err(DownloadError::Other(format!(
+            "{} in {} has sha256 {sha}, not the pinned {}",
+            library.member,
+            wheel.display(),
+            library.sha256
+        )));
     }
     std::fs::rename(&part, dest).map_err(|e| other(dest, e))
 }

@@ -224,4 +224,3 @@ fn serve(mut stream: TcpStream, state: &Mutex<State>, storage_origin: &str) {
         respond(&mut stream, "200 OK", &headers, &body, None);
     }
 }
-
