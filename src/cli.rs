@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::engine::{Arc2FacePipeline, Flow, InitialNoise, Job, SamplingParams, StepProgress};
 use crate::face::{self, FaceAnalyzer};
 use crate::gallery::metadata::{self, GenerationMetadata};
-use crate::models::download::{self, DownloadEvent};
+use crate::models::download::{self, DownloadEvent, TransferRate};
 use crate::models::hub::{Hub, HubConfig};
 use crate::models::{self, ModelFile, ModelsDir, check};
 
@@ -272,13 +272,13 @@ fn download(models: &ModelsDir, parallel: usize, only: &[String]) -> anyhow::Res
             .collect::<anyhow::Result<_>>()?
     };
     let hub = Hub::new(HubConfig::from_env());
-    let totals = std::sync::Mutex::new(vec![0u64; files.len()]);
-    let shown = std::sync::Mutex::new(vec![0u64; files.len()]);
+    // Per file: its size, the tenths of it already reported, its speed.
+    let progress = std::sync::Mutex::new(vec![(0u64, 0u64, TransferRate::default()); files.len()]);
     let report = |index: usize, event: DownloadEvent| {
         let name = files[index].relative_path;
         match event {
             DownloadEvent::Started { total, done, from_cache } => {
-                totals.lock().unwrap()[index] = total;
+                progress.lock().unwrap()[index] = (total, done * 10 / total.max(1), TransferRate::default());
                 let from = if from_cache {
                     "from the Hugging Face cache"
                 } else if done > 0 {
@@ -289,12 +289,15 @@ fn download(models: &ModelsDir, parallel: usize, only: &[String]) -> anyhow::Res
                 eprintln!("{name}: {from}, {} of {}", check::human_bytes(done), check::human_bytes(total));
             }
             DownloadEvent::Progress { done } => {
-                let total = totals.lock().unwrap()[index].max(1);
-                let tenth = done * 10 / total;
-                let mut shown = shown.lock().unwrap();
-                if tenth > shown[index] {
-                    shown[index] = tenth;
-                    eprintln!("{name}: {}%", tenth * 10);
+                let mut progress = progress.lock().unwrap();
+                let (total, shown, rate) = &mut progress[index];
+                rate.record(Instant::now(), done);
+                let tenth = done * 10 / (*total).max(1);
+                if tenth > *shown {
+                    *shown = tenth;
+                    let speed = rate.bytes_per_second().map(|s| format!(", {}/s", check::human_bytes(s as u64))).unwrap_or_default();
+                    let left = rate.time_left(*total).map(|d| format!(", {:.0} s left", d.as_secs_f64())).unwrap_or_default();
+                    eprintln!("{name}: {}%{speed}{left}", tenth * 10);
                 }
             }
             DownloadEvent::Retrying { message } => eprintln!("{name}: {message}; trying again"),

@@ -88,6 +88,17 @@ fn status_recognises_glintr100_and_a_nested_antelopev2_folder() {
     assert!(recognizer.contains("glintr100.onnx instead") && recognizer.contains("wrong identity"), "{recognizer}");
     let detector = line(&stdout, models::DETECTOR);
     assert!(detector.contains("nested folder") && detector.contains("antelopev2/antelopev2/scrfd_10g_bnkps.onnx"), "{detector}");
+
+    // `download` moves the nested detector into place instead of fetching it again (nothing
+    // else is fetched: no hub is reachable at this address).
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_arc2face"))
+        .args(["models", "--models", models.to_str().unwrap(), "download", "--only", models::DETECTOR.relative_path])
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(models.join(models::DETECTOR.relative_path).is_file());
+    assert!(!models.join("antelopev2/antelopev2/scrfd_10g_bnkps.onnx").exists());
 }
 
 #[test]

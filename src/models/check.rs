@@ -93,11 +93,19 @@ fn look_alike(models: &ModelsDir, file: ModelFile) -> Option<String> {
             ));
         }
     }
-    let nested = root.join("antelopev2").join(file.relative_path);
-    if file.relative_path.starts_with("antelopev2/") && nested.is_file() {
-        return Some(format!("found in a nested folder, {}; move it up to {}", nested.display(), models.path(file).display()));
-    }
-    None
+    nested_copy(models, file).map(|nested| {
+        format!(
+            "found in a nested folder, {}; move it up to {} (`arc2face models download` does)",
+            nested.display(),
+            models.path(file).display()
+        )
+    })
+}
+
+/// The file where unpacking insightface's antelopev2.zip inside `antelopev2/` puts it.
+pub fn nested_copy(models: &ModelsDir, file: ModelFile) -> Option<PathBuf> {
+    let nested = models.root().join("antelopev2").join(file.relative_path);
+    (file.relative_path.starts_with("antelopev2/") && nested.is_file()).then_some(nested)
 }
 
 /// `status`, then each present file opened as its loader would and checked against its

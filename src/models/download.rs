@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use super::check::{Checksums, Recorded, partial_path};
+use super::check::{self, Checksums, Recorded, partial_path};
 use super::hub::{Hub, HubError, RemoteFile};
 use super::{ModelFile, ModelsDir};
 
@@ -100,6 +100,13 @@ fn download_file(
     let dest = models.path(file);
     if dest.is_file() {
         return Ok(DownloadEvent::AlreadyPresent);
+    }
+    // The file is already here, one folder too deep: move it rather than download it again.
+    if let Some(nested) = check::nested_copy(models, file)
+        && check::check_structure(file, &nested).is_ok()
+    {
+        std::fs::rename(&nested, &dest).map_err(|e| io_error(&dest, e))?;
+        return Ok(DownloadEvent::Finished);
     }
     let part = partial_path(&dest);
     if let Some(parent) = dest.parent() {
