@@ -16,6 +16,7 @@ use image::RgbImage;
 use crate::diffusion::preview;
 use crate::engine::{Arc2FacePipeline, Flow, InitialNoise, Job, JobOutcome, SamplingParams};
 use crate::face::{self, Face, FaceAnalyzer};
+use crate::gallery::history;
 use crate::gallery::metadata::{self, GenerationMetadata};
 use crate::models::ModelsDir;
 
@@ -45,6 +46,8 @@ pub struct GenerationRequest {
     pub guidance: f64,
     /// Image i uses seed + i.
     pub seed: u64,
+    /// Where finished images are written (the gallery's folder).
+    pub gallery_dir: PathBuf,
 }
 
 /// What the worker reports.
@@ -69,9 +72,11 @@ pub enum Event {
         steps: usize,
         preview: RgbImage,
     },
+    /// A finished image, already written into the gallery folder (or why it could not be).
     ImageReady {
         job_id: u64,
         image: RgbImage,
+        saved: Result<PathBuf, String>,
         metadata: GenerationMetadata,
         identity_match: Option<f32>,
     },
@@ -251,7 +256,8 @@ impl WorkerState {
                 identity_source: request.identity_source.clone(),
                 model_files: files.clone(),
             };
-            emit(Event::ImageReady { job_id: request.job_id, image: generated.image, metadata, identity_match });
+            let saved = history::write_image(&request.gallery_dir, &generated.image, &metadata).map_err(|e| e.to_string());
+            emit(Event::ImageReady { job_id: request.job_id, image: generated.image, saved, metadata, identity_match });
             Ok(())
         };
         pipeline.run(&job, &mut on_step, &mut on_image).map_err(|e| e.to_string())

@@ -59,7 +59,7 @@ fn add_and_reopen_keeps_ids_order_favourites_and_matches() {
     let mut gallery = three(root.path());
     assert_eq!(ids(&gallery), [1, 2, 3]);
     let names: Vec<&str> = gallery.entries().iter().map(|e| e.file_name.as_str()).collect();
-    assert_eq!(names, ["seed1.png", "seed2.png", "image3.png"]);
+    assert_eq!(names, ["seed1.png", "seed2.png", "image.png"]);
     gallery.set_favourite(2, true).unwrap();
     gallery.set_identity_match(2, 0.25).unwrap();
     let before = gallery.entries().to_vec();
@@ -144,7 +144,7 @@ fn remove_then_undo_restores_files_and_entries() {
     assert_eq!(removed.entries().iter().map(|e| e.id).collect::<Vec<_>>(), [1, 3]);
     assert_eq!(ids(&gallery), [2]);
     assert!(!root.path().join("seed1.png").exists());
-    assert!(!root.path().join("image3.png").exists());
+    assert!(!root.path().join("image.png").exists());
     assert_eq!(std::fs::read_dir(root.path().join("trash")).unwrap().count(), 2);
     let index: serde_json::Value = serde_json::from_slice(&std::fs::read(index_path(root.path())).unwrap()).unwrap();
     assert_eq!(index["entries"].as_array().unwrap().len(), 1, "the removal is on disk");

@@ -405,6 +405,7 @@ impl StudioApp {
             steps: state.settings.steps,
             guidance: state.settings.guidance,
             seed: state.settings.seed,
+            gallery_dir: state.gallery.gallery.dir().to_path_buf(),
         };
         state.next_job_id += 1;
         state.queue.push_back(request);
@@ -489,10 +490,15 @@ impl StudioApp {
                     }
                 }
             }
-            Event::ImageReady { image, metadata, identity_match, .. } => {
-                match state.gallery.gallery.add(&image, metadata, identity_match) {
-                    Ok(entry) => {
-                        let id = entry.id;
+            Event::ImageReady { image, saved, metadata, identity_match, .. } => {
+                let recorded = saved.and_then(|path| {
+                    let entry = state.gallery.gallery.adopt(&path, metadata, identity_match).map_err(|e| {
+                        format!("{e}; the image itself is safe at {} and the gallery finds it when it next opens", path.display())
+                    })?;
+                    Ok(entry.id)
+                });
+                match recorded {
+                    Ok(id) => {
                         let texture = self.ctx.load_texture(format!("entry:{id}"), color_image(&image), TextureOptions::LINEAR);
                         state.gallery.thumbnails.insert(id, texture);
                     }

@@ -196,21 +196,23 @@ impl Gallery {
         metadata: GenerationMetadata,
         identity_match: Option<f32>,
     ) -> Result<&GalleryEntry, GalleryError> {
+        let path = write_image(&self.dir, image, &metadata)?;
+        self.adopt(&path, metadata, identity_match).inspect_err(|_| {
+            let _ = std::fs::remove_file(&path);
+        })
+    }
+
+    /// Records a PNG that [`write_image`] put into this gallery's folder.
+    pub fn adopt(&mut self, path: &Path, metadata: GenerationMetadata, identity_match: Option<f32>) -> Result<&GalleryEntry, GalleryError> {
         let id = self.next_id;
         if let Some(score) = identity_match {
             self.check_score(id, score)?;
         }
-        let stem = metadata.seed.map_or_else(|| format!("image{id}"), |seed| format!("seed{seed}"));
-        let path = metadata::write_png(&self.dir, &stem, image, &metadata)?;
         let entry =
-            GalleryEntry { id, file_name: file_name_of(&path), metadata, created_unix_ms: now_unix_ms(), favourite: false, identity_match };
-
+            GalleryEntry { id, file_name: file_name_of(path), metadata, created_unix_ms: now_unix_ms(), favourite: false, identity_match };
         let mut entries = self.entries.clone();
         entries.push(entry);
-        if let Err(error) = self.commit(entries, id + 1) {
-            let _ = std::fs::remove_file(&path);
-            return Err(error);
-        }
+        self.commit(entries, id + 1)?;
         Ok(&self.entries[self.entries.len() - 1])
     }
 
@@ -350,6 +352,14 @@ impl Gallery {
     fn trash_path(&self, entry: &GalleryEntry) -> PathBuf {
         self.dir.join(TRASH_DIR).join(format!("{}-{}", entry.id, entry.file_name))
     }
+}
+
+/// Writes a result into the gallery folder `dir` as `seed<S>.png` (`image.png` without a seed),
+/// never replacing a file, without recording it: the worker thread does this so that encoding
+/// and syncing never hold up a frame, then the UI records it with [`Gallery::adopt`].
+pub fn write_image(dir: &Path, image: &RgbImage, metadata: &GenerationMetadata) -> Result<PathBuf, metadata::WriteError> {
+    let stem = metadata.seed.map_or_else(|| "image".to_string(), |seed| format!("seed{seed}"));
+    metadata::write_png(dir, &stem, image, metadata)
 }
 
 /// Reads `gallery.json`: `None` when it is missing, or when it is damaged (not our JSON, or
