@@ -281,15 +281,15 @@ fn index_entries_outside_the_folder_are_dropped() {
     let outside = root.path().join("outside.png");
     metadata::write_png(root.path(), "outside", &image(1), &meta(Some(9))).unwrap();
     let text = std::fs::read_to_string(index_path(&dir)).unwrap();
-    std::fs::write(index_path(&dir), text.replace("\"seed2.png\"", "\"../outside.png\"").replace("\"image3.png\"", "\"gallery.json\""))
+    std::fs::write(index_path(&dir), text.replace("\"seed2.png\"", "\"../outside.png\"").replace("\"image.png\"", "\"gallery.json\""))
         .unwrap();
 
     let gallery = Gallery::open(&dir).unwrap();
-    // seed2.png and image3.png are still in the folder, so they come back as new entries.
+    // seed2.png and image.png are still in the folder, so they come back as new entries.
     assert_eq!(gallery.get(1).unwrap().file_name, "seed1.png");
     let mut names: Vec<&str> = gallery.entries().iter().map(|e| e.file_name.as_str()).collect();
     names.sort();
-    assert_eq!(names, ["image3.png", "seed1.png", "seed2.png"]);
+    assert_eq!(names, ["image.png", "seed1.png", "seed2.png"]);
     assert_eq!(ids(&gallery), [1, 4, 5]);
     assert!(outside.is_file());
 }

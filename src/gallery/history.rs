@@ -301,18 +301,13 @@ impl Gallery {
         std::fs::create_dir_all(dest).map_err(io_error("create the export folder", dest))?;
         let mut exported = Vec::with_capacity(entries.len());
         for entry in entries {
-            let target = reserve_name(dest, &entry.file_name).map_err(io_error("export into", dest))?;
-            let temporary = dest.join(format!(".{}.part", file_name_of(&target)));
+            let temporary = dest.join(format!(".{}.part", entry.file_name));
             let source = self.path(entry);
             let copied = std::fs::copy(&source, &temporary)
                 .and_then(|_| std::fs::File::open(&temporary)?.sync_all())
-                .and_then(|()| std::fs::rename(&temporary, &target));
-            if let Err(error) = copied {
-                let _ = std::fs::remove_file(&temporary);
-                let _ = std::fs::remove_file(&target);
-                return Err(io_error("export", &source)(error));
-            }
-            exported.push(target);
+                .and_then(|()| metadata::link_under_free_name(&temporary, dest, &entry.file_name));
+            let _ = std::fs::remove_file(&temporary);
+            exported.push(copied.map_err(io_error("export", &source))?);
         }
         Ok(exported)
     }
@@ -441,31 +436,10 @@ fn is_gallery_png(name: &str) -> bool {
     plain && path.extension().is_some_and(|ext| ext.eq_ignore_ascii_case("png"))
 }
 
-/// Creates an empty file under the first free name among `file_name`, `stem-2.ext`,
-/// `stem-3.ext`… in `dir`, for the caller to rename the real file onto: `create_new` makes the
-/// choice safe against anyone else writing there at the same time.
-fn reserve_name(dir: &Path, file_name: &str) -> io::Result<PathBuf> {
-    let path = Path::new(file_name);
-    let stem = path.file_stem().map_or_else(|| file_name.into(), |s| s.to_string_lossy());
-    let ext = path.extension().map_or_else(String::new, |e| format!(".{}", e.to_string_lossy()));
-    for n in 1.. {
-        let candidate = dir.join(if n == 1 { file_name.to_string() } else { format!("{stem}-{n}{ext}") });
-        match std::fs::OpenOptions::new().write(true).create_new(true).open(&candidate) {
-            Ok(_) => return Ok(candidate),
-            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(error) => return Err(error),
-        }
-    }
-    unreachable!("the loop returns")
-}
-
 /// Moves a trashed PNG back into `dir` under `file_name`, or the next free name.
 fn put_back(from: &Path, dir: &Path, file_name: &str) -> Result<PathBuf, GalleryError> {
-    let to = reserve_name(dir, file_name).map_err(io_error("restore a file into", dir))?;
-    if let Err(error) = std::fs::rename(from, &to) {
-        let _ = std::fs::remove_file(&to);
-        return Err(io_error("restore", from)(error));
-    }
+    let to = metadata::link_under_free_name(from, dir, file_name).map_err(io_error("restore", from))?;
+    let _ = std::fs::remove_file(from);
     Ok(to)
 }
 

@@ -80,21 +80,25 @@ pub fn write_png(dir: &Path, stem: &str, image: &RgbImage, metadata: &Generation
     let temporary = dir.join(format!(".{stem}.{}-{}.part", std::process::id(), WRITES.fetch_add(1, Ordering::Relaxed)));
     let written = std::fs::File::create(&temporary)
         .and_then(|mut file| file.write_all(&bytes).and_then(|_| file.sync_all()))
-        .and_then(|_| link_under_free_name(&temporary, dir, stem));
+        .and_then(|_| link_under_free_name(&temporary, dir, &format!("{stem}.png")));
     let _ = std::fs::remove_file(&temporary);
     written.map_err(error(&dir.join(format!("{stem}.png"))))
 }
 
-/// Gives `file` the first free name of `stem.png`, `stem-2.png`, …
-fn link_under_free_name(file: &Path, dir: &Path, stem: &str) -> std::io::Result<PathBuf> {
+/// Gives `file` the first free name among `file_name`, `stem-2.ext`, `stem-3.ext`… in `dir`
+/// (on the same filesystem) and returns it; `file` keeps its own name too, for the caller to
+/// remove. A hard link fails rather than replace an existing file, so two writers never collide.
+pub(crate) fn link_under_free_name(file: &Path, dir: &Path, file_name: &str) -> std::io::Result<PathBuf> {
+    let name = Path::new(file_name);
+    let stem = name.file_stem().map_or_else(|| file_name.into(), |s| s.to_string_lossy());
+    let ext = name.extension().map_or_else(String::new, |e| format!(".{}", e.to_string_lossy()));
     for n in 1.. {
-        let name = if n == 1 { format!("{stem}.png") } else { format!("{stem}-{n}.png") };
-        let path = dir.join(name);
+        let path = dir.join(if n == 1 { file_name.to_string() } else { format!("{stem}-{n}{ext}") });
         match std::fs::hard_link(file, &path) {
             Ok(()) => return Ok(path),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            // Filesystems without hard links (FAT): a rename, checked first, is the next best.
-            Err(_) if !path.exists() => return std::fs::rename(file, &path).map(|()| path),
+            // Filesystems without hard links (FAT): a copy under a name checked to be free.
+            Err(_) if !path.exists() => return std::fs::copy(file, &path).map(|_| path),
             Err(e) => return Err(e),
         }
     }
