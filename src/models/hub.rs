@@ -22,7 +22,8 @@ use super::{HubFile, RepoKind};
 pub struct HubConfig {
     /// `HF_ENDPOINT`, default `https://huggingface.co`.
     pub endpoint: String,
-    /// `HF_TOKEN`, else the token file `huggingface-cli login` writes (`$HF_HOME/token`).
+    /// `HF_TOKEN` (or the older `HUGGING_FACE_HUB_TOKEN`), else the token file that
+    /// `huggingface-cli login` writes (`HF_TOKEN_PATH`, default `$HF_HOME/token`).
     pub token: Option<String>,
     /// `HF_HUB_CACHE`, else `$HF_HOME/hub`; `HF_HOME` defaults to `~/.cache/huggingface`.
     pub cache_dir: Option<PathBuf>,
@@ -38,7 +39,7 @@ impl HubConfig {
                 var("XDG_CACHE_HOME").map(PathBuf::from).or_else(|| directories::BaseDirs::new().map(|b| b.home_dir().join(".cache")));
             cache.map(|dir| dir.join("huggingface"))
         });
-        let token = var("HF_TOKEN").or_else(|| {
+        let token = var("HF_TOKEN").or_else(|| var("HUGGING_FACE_HUB_TOKEN")).or_else(|| {
             let file = var("HF_TOKEN_PATH").map(PathBuf::from).or_else(|| hf_home.as_ref().map(|home| home.join("token")))?;
             std::fs::read_to_string(file).ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty())
         });
