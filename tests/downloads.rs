@@ -251,7 +251,10 @@ fn missing_files_and_denied_access_are_reported_clearly() {
 
 fn arc2face(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_arc2face"));
-    command.args(args).env_remove("HF_TOKEN").env_remove("HF_HUB_OFFLINE").env_remove("HF_HUB_CACHE").env_remove("ARC2FACE_MODELS");
+    for name in ["HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "HF_HUB_OFFLINE", "HF_HUB_CACHE", "ARC2FACE_MODELS"] {
+        command.env_remove(name);
+    }
+    command.args(args);
     command.envs(env.iter().copied()).output().unwrap()
 }
 
@@ -264,6 +267,10 @@ fn cli_download_honours_the_hub_environment_variables() {
     hub.host(SMALL, small.clone(), false);
     let models = dir.path().join("models");
     let home = dir.path().join("hf-home");
+    // The hub wants the token that `huggingface-cli login` left in HF_HOME.
+    hub.state.lock().unwrap().token = Some("from-the-token-file".into());
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::write(home.join("token"), "from-the-token-file\n").unwrap();
     let env = [("HF_ENDPOINT", hub.endpoint.as_str()), ("HF_HOME", home.to_str().unwrap())];
     let args = ["models", "--models", models.to_str().unwrap(), "download", "--only", BIG.relative_path, "--only", SMALL.relative_path];
     let output = arc2face(&args, &env);
