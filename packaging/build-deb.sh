@@ -26,8 +26,9 @@ if ! cargo deb --version >/dev/null 2>&1; then
   cargo install cargo-deb --locked
 fi
 
-# cargo deb prints the path of the package it wrote as its last line of stdout.
-DEB=$(cargo deb "$@" | tail -n 1)
+# --dbgsym: the release profile's line tables go to a separate -dbgsym .ddeb, so the .deb holds a
+# stripped binary. cargo deb prints the path of the package it wrote as its last line of stdout.
+DEB=$(cargo deb --dbgsym "$@" | grep '\.deb$' | tail -n 1)
 if [[ ! -f "$DEB" ]]; then
   echo "build-deb.sh: cargo deb did not report a package file (got: $DEB)" >&2
   exit 1
