@@ -30,6 +30,8 @@ pub struct Cli {
     pub photos: Vec<PathBuf>,
 }
 
+// Parsed once per process: the size of its largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Generate images of one identity.

@@ -20,7 +20,7 @@ fn models_command(models: &Path, action: &str) -> (Output, String) {
 }
 
 /// The status line of one file.
-fn line<'a>(stdout: &'a str, file: models::ModelFile) -> &'a str {
+fn line(stdout: &str, file: models::ModelFile) -> &str {
     stdout.lines().find(|l| l.starts_with(file.relative_path)).unwrap_or_else(|| panic!("no line for {}:\n{stdout}", file.relative_path))
 }
 
