@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::engine::{Arc2FacePipeline, Flow, InitialNoise, Job, SamplingParams, StepProgress};
 use crate::face::{self, FaceAnalyzer};
 use crate::gallery::metadata::{self, GenerationMetadata};
-use crate::models::download::{self, DownloadEvent, TransferRate};
+use crate::models::download::{self, DownloadEvent, DownloadOptions, TransferRate};
 use crate::models::hub::{Hub, HubConfig};
 use crate::models::{self, ModelFile, ModelsDir, check};
 
@@ -64,6 +64,10 @@ pub enum ModelsAction {
         /// Only these files, as `status` names them (repeatable) [default: every missing file].
         #[arg(long)]
         only: Vec<String>,
+        /// Fetch again files that are present, e.g. ones `verify` found wrong; each old file
+        /// stays until its replacement is verified.
+        #[arg(long)]
+        replace: bool,
     },
     /// Open every present file as its loader would and compare it with the checksum recorded
     /// at download; fails naming each bad file.
@@ -244,7 +248,7 @@ fn models_command(args: ModelsArgs) -> anyhow::Result<()> {
     let statuses = match args.action {
         ModelsAction::Status => check::status(&models),
         ModelsAction::Verify => check::verify(&models, |file| eprintln!("checking {}", file.relative_path)),
-        ModelsAction::Download { parallel, only } => return download(&models, parallel, &only),
+        ModelsAction::Download { parallel, only, replace } => return download(&models, DownloadOptions { parallel, replace }, &only),
     };
     for status in &statuses {
         println!("{:<48} {:<18} {}", status.file.relative_path, status.file.needed_for.label(), status.describe());
@@ -260,19 +264,15 @@ fn models_command(args: ModelsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn download(models: &ModelsDir, parallel: usize, only: &[String]) -> anyhow::Result<()> {
-    let files: Vec<ModelFile> = if only.is_empty() {
-        models::ALL_FILES.to_vec()
-    } else {
-        only.iter()
-            .map(|name| {
-                models::ALL_FILES
-                    .into_iter()
-                    .find(|f| f.relative_path == name)
-                    .with_context(|| format!("{name}: not a model file; `arc2face models status` lists them"))
-            })
-            .collect::<anyhow::Result<_>>()?
-    };
+fn download(models: &ModelsDir, options: DownloadOptions, only: &[String]) -> anyhow::Result<()> {
+    for name in only {
+        anyhow::ensure!(
+            models::ALL_FILES.iter().any(|f| f.relative_path == name),
+            "{name}: not a model file; `arc2face models status` lists them"
+        );
+    }
+    let files: Vec<ModelFile> =
+        models::ALL_FILES.into_iter().filter(|f| only.is_empty() || only.iter().any(|name| name == f.relative_path)).collect();
     let hub = Hub::new(HubConfig::from_env());
     // Per file: its size, the tenths of it already reported, its speed.
     let progress = std::sync::Mutex::new(vec![(0u64, 0u64, TransferRate::default()); files.len()]);
@@ -309,12 +309,10 @@ fn download(models: &ModelsDir, parallel: usize, only: &[String]) -> anyhow::Res
             DownloadEvent::Cancelled => eprintln!("{name}: cancelled"),
         }
     };
-    let failed = download::download_all(models, &files, &hub, parallel, &AtomicBool::new(false), &report);
+    let failed = download::download_all(models, &files, &hub, options, &AtomicBool::new(false), &report);
     let mut runtime_failed = false;
-    if only.is_empty()
-        && let Err(message) = face::runtime::runtime()
-    {
-        eprintln!("{message}");
+    if only.is_empty() && face::runtime::find_library().is_none() {
+        eprintln!("ONNX Runtime {}: not found; fetching it", face::runtime::ONNXRUNTIME_VERSION);
         match install_runtime(&hub) {
             Ok(path) => eprintln!("ONNX Runtime {}: {}", face::runtime::ONNXRUNTIME_VERSION, path.display()),
             Err(e) => {

@@ -240,7 +240,7 @@ fn the_models_window_downloads_what_is_missing_shows_failures_and_retries() {
     harness.run();
     assert!(harness.query_by_label("arcface.onnx").is_some(), "the window lists every file");
     assert_eq!(harness.query_all_by_label_contains("non-commercial research only").count(), 2, "licences are shown");
-    harness.get_by_label("Download missing (12)").click();
+    harness.get_by_label("Download (12)").click();
     harness.step();
     run_until(&mut harness, "the downloads", |app| app.state.models.task.is_none());
 
@@ -257,5 +257,5 @@ fn the_models_window_downloads_what_is_missing_shows_failures_and_retries() {
     run_until(&mut harness, "the retry", |app| app.state.models.task.is_none());
     assert!(harness.state().state.models.missing_required().is_empty());
     assert!(harness.query_by_label_contains("Model files missing").is_none(), "the banner is gone");
-    assert!(harness.query_by_label("Download missing (0)").is_some());
+    assert!(harness.query_by_label("Download (0)").is_some());
 }

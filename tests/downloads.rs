@@ -10,14 +10,20 @@ use std::sync::atomic::AtomicBool;
 use common::mock_hub::{Fault, MockHub, git_sha1, sha256};
 
 use arc2face_studio::models::check::{self, FileState, partial_path};
-use arc2face_studio::models::download::{DownloadEvent, download_all};
+use arc2face_studio::models::download::{DownloadEvent, DownloadOptions, download_all};
 use arc2face_studio::models::hub::{Hub, HubConfig};
 use arc2face_studio::models::{self, ModelFile, ModelsDir};
+
+fn lock_path(models: &ModelsDir, file: ModelFile) -> PathBuf {
+    let dest = models.path(file);
+    dest.with_file_name(format!("{}.lock", dest.file_name().unwrap().to_string_lossy()))
+}
 
 /// Runs the download manager, collecting every event per file.
 fn download(models: &ModelsDir, files: &[ModelFile], hub: &Hub) -> (usize, Vec<Vec<DownloadEvent>>) {
     let events = Mutex::new(vec![Vec::new(); files.len()]);
-    let failed = download_all(models, files, hub, 2, &AtomicBool::new(false), &|i, event| events.lock().unwrap()[i].push(event));
+    let options = DownloadOptions { parallel: 2, replace: false };
+    let failed = download_all(models, files, hub, options, &AtomicBool::new(false), &|i, event| events.lock().unwrap()[i].push(event));
     (failed, events.into_inner().unwrap())
 }
 
@@ -108,6 +114,8 @@ fn a_partial_file_left_by_a_killed_process_is_resumed_not_restarted() {
     let part = partial_path(&models.path(BIG));
     std::fs::create_dir_all(part.parent().unwrap()).unwrap();
     std::fs::write(&part, &big[..1_234_567]).unwrap();
+    // Beside it, the lock file a download keeps, naming the version its `.part` is of.
+    std::fs::write(lock_path(&models, BIG), sha256(&big)).unwrap();
     assert!(matches!(check::status(&models)[1].state, FileState::Missing { partial: Some(1_234_567), .. }));
 
     let (failed, events) = download(&models, &[BIG], &hub.hub(&dir.path().join("cache")));
@@ -347,11 +355,84 @@ fn cancel_keeps_the_partial_file_for_later_and_puts_nothing_in_place() {
     std::fs::create_dir_all(part.parent().unwrap()).unwrap();
     std::fs::write(&part, &big[..700_000]).unwrap();
     let events = Mutex::new(Vec::new());
-    let failed = download_all(&models, &[BIG], &hub.hub(&dir.path().join("cache")), 1, &AtomicBool::new(true), &|_, e| {
+    let options = DownloadOptions { parallel: 1, replace: false };
+    let failed = download_all(&models, &[BIG], &hub.hub(&dir.path().join("cache")), options, &AtomicBool::new(true), &|_, e| {
         events.lock().unwrap().push(e)
     });
     assert_eq!(failed, 0, "a cancel is not a failure");
     assert_eq!(events.into_inner().unwrap().last(), Some(&DownloadEvent::Cancelled));
     assert!(!models.path(BIG).exists());
     assert_eq!(std::fs::read(&part).unwrap(), &big[..700_000], "the partial file is kept as it was");
+}
+
+#[test]
+fn a_partial_file_of_another_version_is_not_resumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = MockHub::start();
+    let big = payload(1_000_000, 14);
+    hub.host(BIG, big.clone(), true);
+    let models = ModelsDir::new(dir.path().join("models"));
+    let part = partial_path(&models.path(BIG));
+    std::fs::create_dir_all(part.parent().unwrap()).unwrap();
+    std::fs::write(&part, payload(400_000, 15)).unwrap();
+    std::fs::write(lock_path(&models, BIG), sha256(b"the version before")).unwrap();
+    let (failed, events) = download(&models, &[BIG], &hub.hub(&dir.path().join("cache")));
+    assert_eq!(failed, 0, "{events:?}");
+    assert_eq!(events[0][0], DownloadEvent::Started { total: 1_000_000, done: 0, from_cache: false });
+    assert!(events[0].iter().all(|e| !matches!(e, DownloadEvent::Retrying { .. })), "no wasted attempt: {events:?}");
+    assert_eq!(std::fs::read(models.path(BIG)).unwrap(), big);
+}
+
+#[test]
+fn an_expired_storage_link_is_renewed_from_the_hub() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = MockHub::start();
+    let big = payload(500_000, 16);
+    hub.host(BIG, big.clone(), true);
+    hub.fault(BIG, Fault::RefuseOnce);
+    let models = ModelsDir::new(dir.path().join("models"));
+    let (failed, events) = download(&models, &[BIG], &hub.hub(&dir.path().join("cache")));
+    assert_eq!(failed, 0, "{events:?}");
+    assert!(events[0].iter().any(|e| matches!(e, DownloadEvent::Retrying { message } if message.contains("refused the link (403)"))));
+    assert_eq!(hub.log().iter().filter(|l| l.starts_with("HEAD ")).count(), 2, "a fresh HEAD for a fresh link: {:?}", hub.log());
+    assert_eq!(std::fs::read(models.path(BIG)).unwrap(), big);
+}
+
+#[test]
+fn one_downloader_per_file_and_wrong_files_are_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = MockHub::start();
+    let big = payload(300_000, 17);
+    hub.host(BIG, big.clone(), true);
+    let models = ModelsDir::new(dir.path().join("models"));
+    std::fs::create_dir_all(models.path(BIG).parent().unwrap()).unwrap();
+
+    // Another process is on it: refused, nothing touched.
+    let held = std::fs::File::create(lock_path(&models, BIG)).unwrap();
+    held.lock().unwrap();
+    let (failed, events) = download(&models, &[BIG], &hub.hub(&dir.path().join("cache")));
+    assert_eq!(failed, 1);
+    assert!(
+        matches!(events[0].last().unwrap(), DownloadEvent::Failed { message } if message.contains("being downloaded by another process"))
+    );
+    drop(held);
+
+    // A truncated download is wrong by its recorded size and fetched again.
+    let (failed, _) = download(&models, &[BIG], &hub.hub(&dir.path().join("cache")));
+    assert_eq!(failed, 0);
+    std::fs::write(models.path(BIG), &big[..1000]).unwrap();
+    let (failed, events) = download(&models, &[BIG], &hub.hub(&dir.path().join("cache")));
+    assert_eq!((failed, events[0].last().unwrap()), (0, &DownloadEvent::Finished));
+    assert_eq!(std::fs::read(models.path(BIG)).unwrap(), big);
+
+    // A file of the right size but wrong bytes (as `verify` finds) is replaced only when asked.
+    let mut damaged = big.clone();
+    damaged[10] ^= 1;
+    std::fs::write(models.path(BIG), &damaged).unwrap();
+    let (_, events) = download(&models, &[BIG], &hub.hub(&dir.path().join("cache")));
+    assert_eq!(events[0], [DownloadEvent::AlreadyPresent]);
+    let replace = DownloadOptions { parallel: 1, replace: true };
+    let failed = download_all(&models, &[BIG], &hub.hub(&dir.path().join("cache")), replace, &AtomicBool::new(false), &|_, _| {});
+    assert_eq!(failed, 0);
+    assert_eq!(std::fs::read(models.path(BIG)).unwrap(), big);
 }

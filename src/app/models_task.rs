@@ -11,10 +11,10 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::models::check::{self, FileState, FileStatus};
-use crate::models::download::{self, DownloadError, DownloadEvent, TransferRate};
+use crate::models::download::{self, DownloadError, DownloadEvent, DownloadOptions, TransferRate};
 use crate::models::hub::{Hub, HubConfig};
 use crate::models::onnxruntime::{self, PinnedLibrary};
-use crate::models::{ALL_FILES, ModelFile, ModelsDir};
+use crate::models::{ModelFile, ModelsDir};
 
 /// The Models window's row for the ONNX Runtime library.
 pub const RUNTIME_ROW: &str = "ONNX Runtime";
@@ -37,8 +37,9 @@ pub struct ModelsTask {
 }
 
 impl ModelsTask {
-    /// Fetches `files` into `models`, and ONNX Runtime when `runtime` says where; `wake`
-    /// repaints the UI after each event.
+    /// Fetches `files` into `models`, replacing any that are there (the caller passes missing
+    /// and wrong files), and ONNX Runtime when `runtime` says where; `wake` repaints the UI
+    /// after each event.
     pub fn download(
         models: ModelsDir,
         files: Vec<ModelFile>,
@@ -49,7 +50,7 @@ impl ModelsTask {
         Self::spawn(false, wake, move |cancel, send| {
             let hub = Hub::new(hub);
             let report = |index: usize, event| send(TaskEvent::File { relative_path: files[index].relative_path, event });
-            download::download_all(&models, &files, &hub, PARALLEL_DOWNLOADS, cancel, &report);
+            download::download_all(&models, &files, &hub, DownloadOptions { parallel: PARALLEL_DOWNLOADS, replace: true }, cancel, &report);
             if let Some((dir, library)) = runtime {
                 let report = |event| send(TaskEvent::File { relative_path: RUNTIME_ROW, event });
                 let event = match onnxruntime::install(&dir, &onnxruntime::index_url(), &library, &hub, cancel, &report) {
@@ -124,9 +125,11 @@ pub struct ModelsState {
 }
 
 impl ModelsState {
+    /// Re-reads the folder's names and sizes, and looks for ONNX Runtime without loading it
+    /// (loading is the worker's job, and can take a while).
     pub fn refresh(&mut self, models: &ModelsDir) {
         self.statuses = check::status(models);
-        self.runtime = Some(crate::face::runtime::runtime().map(|r| r.library.clone()));
+        self.runtime = Some(crate::face::runtime::find_library().ok_or_else(crate::face::runtime::not_found_message));
     }
 
     /// Files the app cannot generate from a photo without.
@@ -138,12 +141,10 @@ impl ModelsState {
             .collect()
     }
 
-    /// The files a "Download missing" fetches.
+    /// The files a "Download" fetches: missing ones, and ones found wrong (by their size, or by
+    /// "Check files"), which it replaces.
     pub fn downloadable(&self) -> Vec<ModelFile> {
-        ALL_FILES
-            .into_iter()
-            .filter(|f| self.statuses.iter().any(|s| s.file == *f && matches!(s.state, FileState::Missing { .. })))
-            .collect()
+        self.statuses.iter().filter(|s| !matches!(s.state, FileState::Present { .. })).map(|s| s.file).collect()
     }
 
     /// Where to put ONNX Runtime and which build, when it is missing and this platform has a pin.

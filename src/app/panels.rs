@@ -47,14 +47,16 @@ fn models_window(ctx: &egui::Context, state: &AppState, actions: &mut Vec<Action
             match &models.task {
                 Some(task) => {
                     ui.spinner();
+                    // A check reads each file once and cannot be stopped halfway; a download can.
                     ui.label(if task.verifying { "Checking files…" } else { "Downloading…" });
-                    if ui.button("Cancel").clicked() {
+                    if !task.verifying && ui.button("Cancel").clicked() {
                         actions.push(Action::CancelModelsTask);
                     }
                 }
                 None => {
-                    let label = format!("Download missing ({missing})");
-                    if ui.add_enabled(missing > 0, egui::Button::new(label)).on_hover_text("From the Hugging Face Hub, or its local cache; resumable, checksum-verified").clicked() {
+                    let label = format!("Download ({missing})");
+                    let hint = "Missing and wrong files, from the Hugging Face Hub or its local cache; resumable, checksum-verified";
+                    if ui.add_enabled(missing > 0, egui::Button::new(label)).on_hover_text(hint).clicked() {
                         actions.push(Action::DownloadModels(Vec::new()));
                     }
                     if ui.button("Check files").on_hover_text("Open every file as the app would and compare it with its download checksum").clicked() {

@@ -66,14 +66,22 @@ fn candidates() -> Vec<PathBuf> {
     found
 }
 
+/// Where the library is, without loading it; `None` when it is nowhere the app looks.
+pub fn find_library() -> Option<PathBuf> {
+    candidates().into_iter().find(|path| path.is_file())
+}
+
+/// What to tell a user who has no library.
+pub fn not_found_message() -> String {
+    format!(
+        "ONNX Runtime {ONNXRUNTIME_VERSION} not found (needed for face analysis): `arc2face models download` or the \
+         Models window fetches it into {}; or set ORT_DYLIB_PATH to the library",
+        install_dir().map(|d| d.display().to_string()).unwrap_or_else(|| "the app's data folder".into())
+    )
+}
+
 fn load() -> Result<Runtime, String> {
-    let library = candidates().into_iter().find(|path| path.is_file()).ok_or_else(|| {
-        format!(
-            "ONNX Runtime {ONNXRUNTIME_VERSION} not found (needed for face analysis): `arc2face models download` or the \
-             Models window fetches it into {}; or set ORT_DYLIB_PATH to the library",
-            install_dir().map(|d| d.display().to_string()).unwrap_or_else(|| "the app's data folder".into())
-        )
-    })?;
+    let library = find_library().ok_or_else(not_found_message)?;
     let failed = |e: &dyn std::fmt::Display| format!("{}: cannot load ONNX Runtime: {e}", library.display());
     let builder = ort::init_from(&library).map_err(|e| failed(&e))?.with_name("arc2face");
     #[cfg(feature = "cuda")]

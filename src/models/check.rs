@@ -54,30 +54,25 @@ pub fn partial_path(path: &Path) -> PathBuf {
 /// Every file of the folder: present (with its size), missing, or wrong by its size.
 pub fn status(models: &ModelsDir) -> Vec<FileStatus> {
     let recorded = Checksums::read(models);
-    ALL_FILES
-        .iter()
-        .map(|&file| {
-            let path = models.path(file);
-            let state = match std::fs::metadata(&path) {
-                Ok(meta) if meta.is_file() => match recorded.get(file) {
-                    Some(record) if record.size != meta.len() => FileState::Wrong {
-                        reason: format!(
-                            "{} but the download was {}: truncated or replaced",
-                            human_bytes(meta.len()),
-                            human_bytes(record.size)
-                        ),
-                    },
-                    _ => FileState::Present { size: meta.len() },
-                },
-                Ok(_) => FileState::Wrong { reason: "not a file".into() },
-                Err(_) => FileState::Missing {
-                    found_instead: look_alike(models, file),
-                    partial: std::fs::metadata(partial_path(&path)).ok().map(|m| m.len()),
-                },
-            };
-            FileStatus { file, path, state }
-        })
-        .collect()
+    ALL_FILES.iter().map(|&file| FileStatus { file, path: models.path(file), state: file_state(models, file, &recorded) }).collect()
+}
+
+/// One file's state by its name and size alone.
+pub fn file_state(models: &ModelsDir, file: ModelFile, recorded: &Checksums) -> FileState {
+    let path = models.path(file);
+    match std::fs::metadata(&path) {
+        Ok(meta) if meta.is_file() => match recorded.get(file) {
+            Some(record) if record.size != meta.len() => FileState::Wrong {
+                reason: format!("{} but the download was {}: truncated or replaced", human_bytes(meta.len()), human_bytes(record.size)),
+            },
+            _ => FileState::Present { size: meta.len() },
+        },
+        Ok(_) => FileState::Wrong { reason: "not a file".into() },
+        Err(_) => FileState::Missing {
+            found_instead: look_alike(models, file),
+            partial: std::fs::metadata(partial_path(&path)).ok().map(|m| m.len()),
+        },
+    }
 }
 
 /// The traps of the Python setup: insightface's own recognizer in place of Arc2Face's, and the

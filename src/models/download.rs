@@ -4,16 +4,16 @@
 //! checksum match the hub's is renamed into place, so the folder never holds a corrupt file.
 
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use super::check::{self, Checksums, Recorded, partial_path};
-use super::hub::{Hub, HubError, RemoteFile};
+use super::check::{self, Checksums, FileState, Recorded, partial_path};
+use super::hub::{Checksum, Hub, HubError, RemoteFile};
 use super::{ModelFile, ModelsDir};
 
-/// Tries per file: a cut connection resumes, a checksum mismatch starts over.
+/// Tries without progress per file: a cut connection resumes, a checksum mismatch starts over.
 const ATTEMPTS: usize = 3;
 
 /// What happens to one file, reported as it happens (from several threads at once).
@@ -51,14 +51,23 @@ pub enum DownloadError {
     Cancelled,
 }
 
-/// Fetches `files` into `models`, `parallel` at a time. `report(i, event)` hears about
-/// `files[i]`; `cancel` stops every transfer within one read, keeping the `.part` files.
-/// Returns how many files failed.
+/// How a batch of files is fetched.
+#[derive(Debug, Clone, Copy)]
+pub struct DownloadOptions {
+    /// Files fetched at once.
+    pub parallel: usize,
+    /// Fetch files that are present too (ones `verify` found wrong); the old file stays until
+    /// the new one is verified.
+    pub replace: bool,
+}
+
+/// Fetches `files` into `models`. `report(i, event)` hears about `files[i]`; `cancel` stops
+/// every transfer within one read, keeping the `.part` files. Returns how many files failed.
 pub fn download_all(
     models: &ModelsDir,
     files: &[ModelFile],
     hub: &Hub,
-    parallel: usize,
+    options: DownloadOptions,
     cancel: &AtomicBool,
     report: &(dyn Fn(usize, DownloadEvent) + Sync),
 ) -> usize {
@@ -66,12 +75,17 @@ pub fn download_all(
     let failed = AtomicUsize::new(0);
     let checksums = Mutex::new(());
     std::thread::scope(|scope| {
-        for _ in 0..parallel.clamp(1, files.len().max(1)) {
+        for _ in 0..options.parallel.clamp(1, files.len().max(1)) {
             scope.spawn(|| {
                 loop {
                     let index = next.fetch_add(1, Ordering::Relaxed);
                     let Some(&file) = files.get(index) else { break };
-                    let event = match download_file(models, file, hub, cancel, &checksums, &|event| report(index, event)) {
+                    let result = if cancel.load(Ordering::Relaxed) {
+                        Err(DownloadError::Cancelled)
+                    } else {
+                        download_file(models, file, hub, options.replace, cancel, &checksums, &|event| report(index, event))
+                    };
+                    let event = match result {
                         Ok(event) => event,
                         Err(DownloadError::Cancelled) => DownloadEvent::Cancelled,
                         Err(e) => {
@@ -87,31 +101,34 @@ pub fn download_all(
     failed.into_inner()
 }
 
-/// One file: skip it if present, else find it (hub metadata, then cache or network), verify it,
-/// move it into place and record its checksum.
+/// One file: skip it if present and right, else find it (hub metadata, then cache or network),
+/// verify it, move it into place and record its checksum.
 fn download_file(
     models: &ModelsDir,
     file: ModelFile,
     hub: &Hub,
+    replace: bool,
     cancel: &AtomicBool,
     checksums: &Mutex<()>,
     report: &dyn Fn(DownloadEvent),
 ) -> Result<DownloadEvent, DownloadError> {
     let dest = models.path(file);
-    if dest.is_file() {
+    let state = check::file_state(models, file, &Checksums::read(models));
+    if matches!(state, FileState::Present { .. }) && !replace {
         return Ok(DownloadEvent::AlreadyPresent);
     }
     // The file is already here, one folder too deep: move it rather than download it again.
     if let Some(nested) = check::nested_copy(models, file)
+        && !dest.exists()
         && check::check_structure(file, &nested).is_ok()
     {
         std::fs::rename(&nested, &dest).map_err(|e| io_error(&dest, e))?;
         return Ok(DownloadEvent::Finished);
     }
-    let part = partial_path(&dest);
     if let Some(parent) = dest.parent() {
         std::fs::create_dir_all(parent).map_err(|e| io_error(parent, e))?;
     }
+    let lock = PartLock::acquire(&dest)?;
     let remote = if hub.config.offline {
         None
     } else {
@@ -125,10 +142,16 @@ fn download_file(
             Err(e) => return Err(e.into()),
         }
     };
-    let recorded = match remote {
+    let (verified, recorded) = match remote {
         Some(remote) => match hub.cached(&file.source, Some(&remote.checksum)) {
-            Some((cached, _)) => copy_from_cache(&cached, &part, remote.size, &remote.checksum, cancel, report)?,
-            None => fetch_with_retries(hub, &remote, &part, cancel, report)?,
+            Some((cached, _)) => copy_from_cache(&cached, &dest, remote.size, &remote.checksum, cancel, report)?,
+            None => {
+                let part = partial_path(&dest);
+                lock.discard_part_unless_for(&part, &remote.checksum);
+                let refresh = || hub.head(&file.source);
+                let recorded = fetch_with_retries(hub, remote, &refresh, &part, cancel, report)?;
+                (part, recorded)
+            }
         },
         None => {
             let (cached, checksum) = hub.cached(&file.source, None).ok_or_else(|| {
@@ -140,42 +163,107 @@ fn download_file(
             })?;
             let size = std::fs::metadata(&cached).map_err(|e| io_error(&cached, e))?.len();
             match checksum {
-                Some(checksum) => copy_from_cache(&cached, &part, size, &checksum, cancel, report)?,
+                Some(checksum) => copy_from_cache(&cached, &dest, size, &checksum, cancel, report)?,
                 None => return Err(DownloadError::Other(format!("{}: cannot tell its checksum; not used", cached.display()))),
             }
         }
     };
-    std::fs::rename(&part, &dest).map_err(|e| io_error(&dest, e))?;
+    std::fs::rename(&verified, &dest).map_err(|e| io_error(&dest, e))?;
+    lock.release();
     let _one_writer = checksums.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     Checksums::record(models, file, recorded).map_err(|e| io_error(&models.root().join(Checksums::FILE_NAME), e))?;
     Ok(DownloadEvent::Finished)
 }
 
-/// Downloads into `part`, resuming what is there; a cut connection resumes, a wrong checksum
-/// starts over, each up to [`ATTEMPTS`] times.
+/// One downloader per file, across threads and processes (the app and the CLI at once): an
+/// advisory lock on `<file>.lock`, which the OS releases if the process dies. The lock file
+/// also names the checksum its `.part` is for, so a `.part` of an older version of the file is
+/// never resumed.
+struct PartLock {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl PartLock {
+    fn acquire(dest: &Path) -> Result<Self, DownloadError> {
+        let mut name = dest.file_name().unwrap_or_default().to_os_string();
+        name.push(".lock");
+        let path = dest.with_file_name(name);
+        let file =
+            std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(|e| io_error(&path, e))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Self { path, file }),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                Err(DownloadError::Other(format!("{}: being downloaded by another process or window", dest.display())))
+            }
+            Err(std::fs::TryLockError::Error(e)) => Err(io_error(&path, e)),
+        }
+    }
+
+    /// Removes `part` unless it was started for `checksum`, and notes that it now is.
+    fn discard_part_unless_for(&self, part: &Path, checksum: &Checksum) {
+        let started_for = std::fs::read_to_string(&self.path).unwrap_or_default();
+        if started_for.trim() != checksum.hex() {
+            let _ = std::fs::remove_file(part);
+            let _ = std::fs::write(&self.path, checksum.hex());
+        }
+    }
+
+    fn release(self) {
+        let _ = std::fs::remove_file(&self.path);
+        drop(self.file);
+    }
+}
+
+/// Downloads into `part`, resuming what is there. A cut connection resumes, a wrong checksum
+/// starts over; a transfer that made progress does not count against the [`ATTEMPTS`] that
+/// end it. Each retry asks `refresh` for the file's location again, since storage links
+/// expire.
 pub fn fetch_with_retries(
     hub: &Hub,
-    remote: &RemoteFile,
+    mut remote: RemoteFile,
+    refresh: &dyn Fn() -> Result<RemoteFile, HubError>,
     part: &Path,
     cancel: &AtomicBool,
     report: &dyn Fn(DownloadEvent),
 ) -> Result<Recorded, DownloadError> {
     let mut last_error = String::new();
-    for attempt in 1..=ATTEMPTS {
-        if attempt > 1 {
+    let mut fruitless = 0;
+    while fruitless < ATTEMPTS {
+        if !last_error.is_empty() {
             report(DownloadEvent::Retrying { message: last_error.clone() });
+            std::thread::sleep(Duration::from_millis(500 << fruitless.min(4)));
+            match refresh() {
+                Ok(fresh) if fresh.checksum == remote.checksum => remote = fresh,
+                Ok(_) => {
+                    return Err(DownloadError::Other(format!("{}: the file changed on the hub during the download", remote.download_url)));
+                }
+                Err(HubError::Network { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
-        match fetch_once(hub, remote, part, cancel, report) {
-            Ok(()) => match verify_part(part, remote) {
+        let before = std::fs::metadata(part).map(|m| m.len()).unwrap_or(0);
+        match fetch_once(hub, &remote, part, cancel, report) {
+            Ok(()) => match verify_part(part, &remote) {
                 Ok(recorded) => return Ok(recorded),
                 Err(message) => {
                     // A complete file with the wrong bytes cannot be resumed: start over.
                     let _ = std::fs::remove_file(part);
                     last_error = message;
+                    fruitless += 1;
                 }
             },
-            Err(DownloadError::Hub(HubError::Network { message, .. })) => last_error = message,
+            Err(DownloadError::Hub(HubError::Network { message, .. })) => {
+                let after = std::fs::metadata(part).map(|m| m.len()).unwrap_or(0);
+                if after <= before {
+                    fruitless += 1;
+                }
+                last_error = message;
+            }
             Err(e) => return Err(e),
+        }
+        if cancel.load(Ordering::Relaxed) {
+            return Err(DownloadError::Cancelled);
         }
     }
     Err(DownloadError::Other(format!("{}: gave up after {ATTEMPTS} tries: {last_error}", remote.download_url)))
@@ -218,7 +306,7 @@ fn fetch_once(
     Ok(())
 }
 
-/// The `.part` file is the hub's file: same size, same checksum.
+/// The file is the hub's file: same size, same checksum.
 fn verify_part(part: &Path, remote: &RemoteFile) -> Result<Recorded, String> {
     let size = std::fs::metadata(part).map_err(|e| e.to_string())?.len();
     if size != remote.size {
@@ -231,33 +319,41 @@ fn verify_part(part: &Path, remote: &RemoteFile) -> Result<Recorded, String> {
     Ok(Recorded { size, checksum: actual })
 }
 
-/// A file of the Python hub cache: hard-linked when on the same disk (no copy, no space),
-/// else copied; verified either way, since a cache can be corrupt too.
+/// A file of the Python hub cache, put beside `dest` as `<file>.from-cache`: hard-linked when on
+/// the same disk (no copy, no space), else copied; verified either way, since a cache can be
+/// corrupt too. Never the `.part` file: a resumed download must not append to a cache blob.
 fn copy_from_cache(
     cached: &Path,
-    part: &Path,
+    dest: &Path,
     size: u64,
-    checksum: &super::hub::Checksum,
+    checksum: &Checksum,
     cancel: &AtomicBool,
     report: &dyn Fn(DownloadEvent),
-) -> Result<Recorded, DownloadError> {
-    let _ = std::fs::remove_file(part);
+) -> Result<(PathBuf, Recorded), DownloadError> {
+    let mut name = dest.file_name().unwrap_or_default().to_os_string();
+    name.push(".from-cache");
+    let copy = dest.with_file_name(name);
+    let _ = std::fs::remove_file(&copy);
     report(DownloadEvent::Started { total: size, done: 0, from_cache: true });
-    if std::fs::hard_link(cached, part).is_err() {
+    if std::fs::hard_link(cached, &copy).is_err() {
         let reader = std::fs::File::open(cached).map_err(|e| io_error(cached, e))?;
-        let mut out = std::fs::File::create(part).map_err(|e| io_error(part, e))?;
-        copy_reporting(reader, &mut out, 0, cancel, report).map_err(|e| match e {
-            CopyError::Read(_, e) => io_error(cached, e),
-            CopyError::Write(e) => io_error(part, e),
-            CopyError::Cancelled => DownloadError::Cancelled,
+        let mut out = std::fs::File::create(&copy).map_err(|e| io_error(&copy, e))?;
+        copy_reporting(reader, &mut out, 0, cancel, report).map_err(|e| {
+            let _ = std::fs::remove_file(&copy);
+            match e {
+                CopyError::Read(_, e) => io_error(cached, e),
+                CopyError::Write(e) => io_error(&copy, e),
+                CopyError::Cancelled => DownloadError::Cancelled,
+            }
         })?;
     }
     report(DownloadEvent::Progress { done: size });
     let remote = RemoteFile { size, checksum: checksum.clone(), download_url: cached.display().to_string() };
-    verify_part(part, &remote).map_err(|message| {
-        let _ = std::fs::remove_file(part);
+    let recorded = verify_part(&copy, &remote).map_err(|message| {
+        let _ = std::fs::remove_file(&copy);
         DownloadError::Other(format!("{} in the Hugging Face cache is damaged: {message}", cached.display()))
-    })
+    })?;
+    Ok((copy, recorded))
 }
 
 enum CopyError {

@@ -127,6 +127,8 @@ impl Hub {
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(15)))
             .timeout_recv_response(Some(Duration::from_secs(30)))
+            // A stalled transfer (dropped Wi-Fi, a NAT timeout) fails and resumes rather than hangs.
+            .timeout_per_read(Some(Duration::from_secs(30)))
             .user_agent(concat!("arc2face-studio/", env!("CARGO_PKG_VERSION")))
             .build()
             .into();
@@ -189,6 +191,13 @@ impl Hub {
         let start = match status {
             206 => from,
             200 => 0,
+            // The storage server's links are signed and expire: a fresh HEAD gives a new one.
+            401 | 403 if origin(url) != origin(&self.config.endpoint) => {
+                return Err(HubError::Network {
+                    url: url.clone(),
+                    message: format!("the storage server refused the link ({status}); it may have expired"),
+                });
+            }
             401 | 403 => return Err(HubError::Unauthorized { url: url.clone(), status }),
             404 => return Err(HubError::NotFound { url: url.clone() }),
             _ => return Err(HubError::Status { url: url.clone(), status }),
@@ -239,7 +248,7 @@ fn network(url: &str, error: ureq::Error) -> HubError {
 }
 
 /// `scheme://host[:port]` of a URL.
-fn origin(url: &str) -> &str {
+pub(crate) fn origin(url: &str) -> &str {
     let after_scheme = url.find("://").map_or(0, |i| i + 3);
     url[after_scheme..].find('/').map_or(url, |i| &url[..after_scheme + i])
 }

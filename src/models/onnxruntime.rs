@@ -75,6 +75,9 @@ pub fn install(
         return Ok(dest);
     }
     std::fs::create_dir_all(dir).map_err(|e| other(dir, e))?;
+    if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(DownloadError::Cancelled);
+    }
     let url = format!("{}/onnxruntime/", index.trim_end_matches('/'));
     let project: Project = serde_json::from_str(&hub.get_text(&url, "application/vnd.pypi.simple.v1+json")?)
         .map_err(|e| DownloadError::Other(format!("{url}: not a package index page (PEP 691 JSON): {e}")))?;
@@ -86,13 +89,15 @@ pub fn install(
             f.filename.starts_with(&prefix) && f.filename.ends_with(".whl") && library.wheel_tags.iter().all(|tag| f.filename.contains(tag))
         })
         .ok_or_else(|| DownloadError::Other(format!("{url}: no onnxruntime {ONNXRUNTIME_VERSION} wheel for this platform")))?;
-    let remote = RemoteFile {
-        size: wheel.size,
-        checksum: Checksum::Sha256(wheel.hashes.sha256.to_ascii_lowercase()),
-        download_url: wheel.url.clone(),
+    // PEP 691 allows links relative to the page (private indexes use them).
+    let download_url = match &wheel.url {
+        absolute if absolute.contains("://") => absolute.clone(),
+        rooted if rooted.starts_with('/') => format!("{}{rooted}", super::hub::origin(&url)),
+        relative => format!("{url}{relative}"),
     };
+    let remote = RemoteFile { size: wheel.size, checksum: Checksum::Sha256(wheel.hashes.sha256.to_ascii_lowercase()), download_url };
     let wheel_part = dir.join(format!("{}.part", wheel.filename));
-    download::fetch_with_retries(hub, &remote, &wheel_part, cancel, report)?;
+    download::fetch_with_retries(hub, remote.clone(), &|| Ok(remote.clone()), &wheel_part, cancel, report)?;
     let extracted = extract(&wheel_part, library, &dest);
     let _ = std::fs::remove_file(&wheel_part);
     extracted?;

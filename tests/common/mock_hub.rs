@@ -22,6 +22,8 @@ pub enum Fault {
     CorruptOnce,
     /// Always send flipped bytes.
     CorruptAlways,
+    /// Refuse the storage link (403, as an expired signed URL), once.
+    RefuseOnce,
 }
 
 struct Hosted {
@@ -171,6 +173,10 @@ fn serve(mut stream: TcpStream, state: &Mutex<State>, storage_origin: &str) {
             Some(Fault::CutAfter(n)) => {
                 cut = Some(n);
                 state.faults.remove(&key);
+            }
+            Some(Fault::RefuseOnce) => {
+                state.faults.remove(&key);
+                return respond(&mut stream, "403 Forbidden", &[("Content-Length".into(), "0".into())], b"", None);
             }
             Some(Fault::CorruptOnce | Fault::CorruptAlways) => {
                 body.iter_mut().for_each(|b| *b ^= 0x5a);
