@@ -226,6 +226,7 @@ fn missing_files_and_denied_access_are_reported_clearly() {
     let models = ModelsDir::new(dir.path().join("models"));
     let (failed, events) = download(&models, &[SMALL], &hub.hub(&dir.path().join("cache")));
     assert_eq!(failed, 1);
+    assert!(listing(models.root()).is_empty(), "a failure leaves nothing behind: {:?}", listing(models.root()));
     let last = events[0].last().unwrap();
     assert!(
         matches!(last, DownloadEvent::Failed { message } if message.contains("stable-diffusion-v1-5/stable-diffusion-v1-5/resolve/main/vae/config.json: not found (404)")),

@@ -147,7 +147,7 @@ fn download_file(
             Some((cached, _)) => copy_from_cache(&cached, &dest, remote.size, &remote.checksum, cancel, report)?,
             None => {
                 let part = partial_path(&dest);
-                lock.discard_part_unless_for(&part, &remote.checksum);
+                lock.discard_part_unless_for(&remote.checksum);
                 let refresh = || hub.head(&file.source);
                 let recorded = fetch_with_retries(hub, remote, &refresh, &part, cancel, report)?;
                 (part, recorded)
@@ -169,19 +169,20 @@ fn download_file(
         }
     };
     std::fs::rename(&verified, &dest).map_err(|e| io_error(&dest, e))?;
-    lock.release();
+    drop(lock);
     let _one_writer = checksums.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     Checksums::record(models, file, recorded).map_err(|e| io_error(&models.root().join(Checksums::FILE_NAME), e))?;
     Ok(DownloadEvent::Finished)
 }
 
 /// One downloader per file, across threads and processes (the app and the CLI at once): an
-/// advisory lock on `<file>.lock`, which the OS releases if the process dies. The lock file
-/// also names the checksum its `.part` is for, so a `.part` of an older version of the file is
-/// never resumed.
+/// advisory lock on `<file>.lock`, which the OS releases if the process dies. While a `.part`
+/// exists the lock file stays beside it, naming the checksum the `.part` is for, so a `.part`
+/// of an older version of the file is never resumed.
 struct PartLock {
     path: PathBuf,
-    file: std::fs::File,
+    part: PathBuf,
+    _file: std::fs::File,
 }
 
 impl PartLock {
@@ -192,7 +193,7 @@ impl PartLock {
         let file =
             std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(|e| io_error(&path, e))?;
         match file.try_lock() {
-            Ok(()) => Ok(Self { path, file }),
+            Ok(()) => Ok(Self { path, part: partial_path(dest), _file: file }),
             Err(std::fs::TryLockError::WouldBlock) => {
                 Err(DownloadError::Other(format!("{}: being downloaded by another process or window", dest.display())))
             }
@@ -200,18 +201,21 @@ impl PartLock {
         }
     }
 
-    /// Removes `part` unless it was started for `checksum`, and notes that it now is.
-    fn discard_part_unless_for(&self, part: &Path, checksum: &Checksum) {
+    /// Removes the `.part` unless it was started for `checksum`, and notes that it now is.
+    fn discard_part_unless_for(&self, checksum: &Checksum) {
         let started_for = std::fs::read_to_string(&self.path).unwrap_or_default();
         if started_for.trim() != checksum.hex() {
-            let _ = std::fs::remove_file(part);
+            let _ = std::fs::remove_file(&self.part);
             let _ = std::fs::write(&self.path, checksum.hex());
         }
     }
+}
 
-    fn release(self) {
-        let _ = std::fs::remove_file(&self.path);
-        drop(self.file);
+impl Drop for PartLock {
+    fn drop(&mut self) {
+        if !self.part.exists() {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
