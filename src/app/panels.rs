@@ -212,7 +212,8 @@ fn photo(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
     if let Some(path) = &state.analyzing {
         ui.horizontal(|ui| {
             ui.spinner();
-            ui.label(format!("Finding faces in {}…", path.display()));
+            // The file name only: a long path would widen the panel for good.
+            ui.label(format!("Finding faces in {}…", super::file_name(path))).on_hover_text(path.display().to_string());
         });
     }
     let Some(photo) = &state.photo else {
@@ -248,8 +249,7 @@ fn photo(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
             actions.push(Action::SelectFace(index));
         }
     }
-    let name = photo.path.file_name().map_or_else(|| photo.path.display().to_string(), |n| n.to_string_lossy().into_owned());
-    ui.label(name).on_hover_text(photo.path.display().to_string());
+    ui.label(super::file_name(&photo.path)).on_hover_text(photo.path.display().to_string());
     if photo.faces.is_empty() {
         ui.colored_label(Color32::from_rgb(235, 90, 90), "No face found. Try a photo with more margin around the face.");
         return;
