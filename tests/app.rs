@@ -140,32 +140,27 @@ fn snapshot_of_a_photo_with_its_faces_boxed() {
     harness.snapshot("photo_with_faces_boxed");
 }
 
+/// The embedding and index of the face selected on the photo shown.
+fn selected_face(harness: &Harness<'_, StudioApp>) -> (Vec<f32>, usize) {
+    let photo = harness.state().state.photo.as_ref().expect("a photo is shown");
+    let index = photo.selected_face.expect("a face is selected");
+    (photo.faces[index].embedding.clone(), index)
+}
+
 #[test]
 fn faces_of_several_photos_combine_into_one_identity() {
     let dir = tempfile::tempdir().unwrap();
     let mut harness = harness(common::generation_and_face_models(dir.path()), dir.path().join("gallery"));
     drop_photo(&mut harness, photo("astronaut.jpg"));
     run_until(&mut harness, "faces", |app| app.state.photo.is_some());
-    let (first, first_face) = harness
-        .state()
-        .state
-        .photo
-        .as_ref()
-        .map(|p| (p.faces[p.selected_face.unwrap()].embedding.clone(), p.selected_face.unwrap()))
-        .unwrap();
+    let (first, first_face) = selected_face(&harness);
     harness.get_by_label("Keep face, add another photo").click();
     harness.step();
     assert_eq!(harness.state().state.kept_faces.len(), 1);
     drop_photo(&mut harness, photo("two_faces.jpg"));
     run_until(&mut harness, "faces of the second photo", |app| app.state.photo.as_ref().is_some_and(|p| p.path.ends_with("two_faces.jpg")));
     assert!(harness.query_by_label_contains("Identity combines astronaut.jpg").is_some());
-    let (second, second_face) = harness
-        .state()
-        .state
-        .photo
-        .as_ref()
-        .map(|p| (p.faces[p.selected_face.unwrap()].embedding.clone(), p.selected_face.unwrap()))
-        .unwrap();
+    let (second, second_face) = selected_face(&harness);
     harness.state_mut().state.settings.steps = 100;
     harness.get_by_label("Generate").click();
     harness.step();

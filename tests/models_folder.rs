@@ -109,8 +109,8 @@ fn verify_compares_with_the_checksum_recorded_at_download() {
     let config = models.path(models::SCHEDULER_CONFIG);
     let size = std::fs::metadata(&config).unwrap().len();
     let recorded = |hex: &str| models::check::Recorded { size, checksum: models::hub::Checksum::Sha256(hex.to_string()) };
-    let actual = models::hub::checksum_of(&config, &models::hub::Checksum::Sha256(String::new())).unwrap();
-    models::check::Checksums::record(&models, models::SCHEDULER_CONFIG, recorded(actual.hex())).unwrap();
+    let actual = models::hub::sha256_of(&config).unwrap();
+    models::check::Checksums::record(&models, models::SCHEDULER_CONFIG, recorded(&actual)).unwrap();
     let (_, stdout) = models_command(&models_dir, "verify");
     assert!(line(&stdout, models::SCHEDULER_CONFIG).contains("present ("), "{stdout}");
 

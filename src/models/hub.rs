@@ -291,6 +291,11 @@ impl FileHasher {
     }
 }
 
+/// The sha256 of a whole file, as lowercase hex.
+pub fn sha256_of(path: &Path) -> std::io::Result<String> {
+    checksum_of(path, &Checksum::Sha256(String::new())).map(|c| c.hex().to_string())
+}
+
 /// The checksum of a whole file, of the same kind as `expected`.
 pub fn checksum_of(path: &Path, expected: &Checksum) -> std::io::Result<Checksum> {
     let mut file = std::fs::File::open(path)?;

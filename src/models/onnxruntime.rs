@@ -71,7 +71,7 @@ pub fn install(
     report: &dyn Fn(DownloadEvent),
 ) -> Result<PathBuf, DownloadError> {
     let dest = dir.join(library.file_name);
-    if sha256_of(&dest).is_ok_and(|sha| sha == library.sha256) {
+    if super::hub::sha256_of(&dest).is_ok_and(|sha| sha == library.sha256) {
         return Ok(dest);
     }
     std::fs::create_dir_all(dir).map_err(|e| other(dir, e))?;
@@ -112,7 +112,7 @@ fn extract(wheel: &Path, library: &PinnedLibrary, dest: &Path) -> Result<(), Dow
     let part = partial_path(dest);
     let mut out = std::fs::File::create(&part).map_err(|e| other(&part, e))?;
     std::io::copy(&mut member, &mut out).map_err(|e| other(&part, e))?;
-    let sha = sha256_of(&part).map_err(|e| other(&part, e))?;
+    let sha = super::hub::sha256_of(&part).map_err(|e| other(&part, e))?;
     if sha != library.sha256 {
         let _ = std::fs::remove_file(&part);
         return Err(DownloadError::Other(format!(
@@ -123,10 +123,6 @@ fn extract(wheel: &Path, library: &PinnedLibrary, dest: &Path) -> Result<(), Dow
         )));
     }
     std::fs::rename(&part, dest).map_err(|e| other(dest, e))
-}
-
-fn sha256_of(path: &Path) -> std::io::Result<String> {
-    super::hub::checksum_of(path, &Checksum::Sha256(String::new())).map(|c| c.hex().to_string())
 }
 
 fn other(path: &Path, error: impl std::fmt::Display) -> DownloadError {
