@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 
-use arc2face_studio::diffusion::unet::{UNet, UNetConfig};
+use arc2face_studio::diffusion::unet::{Conditioning, UNet, UNetConfig};
 use arc2face_studio::diffusion::vae::{Vae, VaeConfig};
 use arc2face_studio::models::{self, ModelsDir, load_safetensors};
 
@@ -27,11 +27,11 @@ fn main() -> anyhow::Result<()> {
     eprintln!("load VAE         {:7.3} s", started.elapsed().as_secs_f64());
 
     let side = size / vae_config.scale_factor();
-    let latents = Tensor::randn(0f32, 1., (2, config.in_channels, side, side), &device)?;
-    let context = Tensor::randn(0f32, 1., (2, 77, config.cross_attention_dim), &device)?;
+    let latents = Tensor::randn(0f32, 1., (2, config.in_channels(), side, side), &device)?;
+    let context = Tensor::randn(0f32, 1., (2, 77, config.cross_attention_dim()), &device)?;
     for i in 0..3 {
         let started = Instant::now();
-        unet.forward(&latents, 999.0, &context)?;
+        unet.forward(&latents, 999.0, &Conditioning { context: &context })?;
         eprintln!("UNet step {i} (batch 2, {size} px) {:7.3} s", started.elapsed().as_secs_f64());
     }
     let started = Instant::now();

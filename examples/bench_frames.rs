@@ -13,9 +13,9 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use arc2face_studio::app::{Action, StudioApp};
+use arc2face_studio::app::{JobAction, StudioApp};
 use arc2face_studio::gallery::history::{Gallery, write_image};
-use arc2face_studio::gallery::metadata::GenerationMetadata;
+use arc2face_studio::engine::{GenerationSpec, ImageMetadata};
 use egui_kittest::Harness;
 
 fn main() -> anyhow::Result<()> {
@@ -63,9 +63,9 @@ fn main() -> anyhow::Result<()> {
 
     {
         let settings = &mut harness.state_mut().state.settings;
-        (settings.num_images, settings.steps) = (4, 25);
+        (settings.spec.num_images, settings.spec.steps) = (4, 25);
     }
-    harness.state_mut().apply(Action::Generate);
+    harness.state_mut().apply(JobAction::Generate);
     let mut generating = Vec::new();
     let started = Instant::now();
     while harness.state().state.running.is_some() || !harness.state().state.queue.is_empty() {
@@ -102,17 +102,18 @@ fn report(what: &str, frames: &[Duration]) {
     );
 }
 
-fn metadata(seed: u64) -> GenerationMetadata {
-    GenerationMetadata {
+fn metadata(seed: u64) -> ImageMetadata {
+    let spec = GenerationSpec { num_images: 1, seed: Some(seed), size: Some(512), ..Default::default() };
+    ImageMetadata {
+        format: 2,
         app: "bench".into(),
         app_version: "0".into(),
-        seed: Some(seed),
-        steps: 25,
-        guidance: 3.0,
+        spec,
+        index: 0,
+        count: 1,
         width: 512,
         height: 512,
-        scheduler: "DPMSolverMultistepScheduler".into(),
-        identity_source: "bench.jpg (face 0)".into(),
+        ran_on: "CPU, f32".into(),
         model_files: Vec::new(),
     }
 }

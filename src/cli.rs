@@ -3,16 +3,20 @@
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use candle_core::{DType, Device, Tensor};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use candle_core::{DType, Tensor};
+use clap::{Args, Parser, Subcommand};
 
-use crate::engine::{Arc2FacePipeline, Flow, InitialNoise, Job, SamplingParams, StepProgress};
+use crate::engine::{
+    Arc2FacePipeline, DeviceChoice, EngineError, FaceRef, Flow, GeneratedImage, GenerationSpec, IdentitySource, Job, JobOutcome, Precision,
+    RuntimeSpec, StepProgress,
+};
 use crate::face::{self, FaceAnalyzer};
-use crate::gallery::metadata::{self, GenerationMetadata};
+use crate::gallery::metadata;
 use crate::models::download::{self, DownloadEvent, DownloadOptions, TransferRate};
 use crate::models::hub::{Hub, HubConfig};
 use crate::models::{self, ModelFile, ModelsDir, check};
@@ -87,7 +91,7 @@ pub struct FacesArgs {
 
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
-    /// The models folder (DESIGN.md §3 layout).
+    /// The models folder (laid out as README.md describes).
     #[arg(long, env = "ARC2FACE_MODELS")]
     pub models: PathBuf,
     /// A raw ArcFace vector: float32 .npy of shape (D,) or (1, D).
@@ -102,28 +106,15 @@ pub struct GenerateArgs {
     /// The face detector's square input size.
     #[arg(long, default_value_t = face::DEFAULT_DET_SIZE)]
     pub det_size: usize,
-    /// Number of images [default: 4, or the batch of --noise].
-    #[arg(long)]
-    pub num_images: Option<usize>,
-    #[arg(long, default_value_t = 25)]
-    pub steps: usize,
-    #[arg(long, default_value_t = 3.0)]
-    pub guidance: f64,
-    /// Image i uses seed S+i [default: random, printed to stderr].
-    #[arg(long, conflicts_with = "noise")]
-    pub seed: Option<u64>,
+    /// Start from the settings an image made by Arc2Face Studio records (one image, its seed);
+    /// the flags given override them. The identity is never in a PNG: give it as usual.
+    #[arg(long, value_name = "FILE.png")]
+    pub from: Option<PathBuf>,
+    #[command(flatten)]
+    pub settings: SettingsArgs,
     /// Initial latents (N, C, h, w) float32 .npy instead of seeded noise.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "seed")]
     pub noise: Option<PathBuf>,
-    /// Image side in pixels [default: the UNet's sample_size × the VAE scale factor].
-    #[arg(long)]
-    pub size: Option<usize>,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// Model dtype [default: f32 on CPU, f16 on CUDA].
-    #[arg(long, value_enum)]
-    pub dtype: Option<DTypeArg>,
     /// Folder for the PNGs.
     #[arg(long, default_value = ".")]
     pub out: PathBuf,
@@ -132,11 +123,60 @@ pub struct GenerateArgs {
     pub latents_out: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum DTypeArg {
-    F32,
-    F16,
-    Bf16,
+/// The generation settings as flags. Each one given replaces the value from the defaults (or
+/// from `--from`); the defaults are [`GenerationSpec::default`]'s.
+#[derive(Debug, Args)]
+pub struct SettingsArgs {
+    /// Number of images [default: 4; 1 with --from; the batch of --noise].
+    #[arg(long)]
+    pub num_images: Option<usize>,
+    /// Denoising steps [default: 25].
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Classifier-free guidance; ≤ 1 turns it off [default: 3.0].
+    #[arg(long)]
+    pub guidance: Option<f64>,
+    /// Image i uses seed S+i [default: random, printed to stderr].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Image side in pixels, a multiple of 64 for the real models [default: the size the model
+    /// was trained at, 512].
+    #[arg(long)]
+    pub size: Option<usize>,
+    /// auto, cpu, cuda or cuda:N [default: auto: CUDA when this build has it and a GPU answers].
+    #[arg(long, value_parser = DeviceChoice::parse)]
+    pub device: Option<DeviceChoice>,
+    /// Model precision [default: auto: f16 on CUDA, f32 on the CPU].
+    #[arg(long, value_enum)]
+    pub dtype: Option<Precision>,
+}
+
+impl SettingsArgs {
+    /// Writes every flag given into `spec`.
+    pub fn apply(&self, spec: &mut GenerationSpec) {
+        let Self { num_images, steps, guidance, seed, size, device, dtype } = self;
+        if let Some(n) = num_images {
+            spec.num_images = *n;
+        }
+        if let Some(steps) = steps {
+            spec.steps = *steps;
+        }
+        if let Some(guidance) = guidance {
+            spec.guidance = *guidance;
+        }
+        if seed.is_some() {
+            spec.seed = *seed;
+        }
+        if size.is_some() {
+            spec.size = *size;
+        }
+        if let Some(device) = device {
+            spec.runtime.device = *device;
+        }
+        if let Some(dtype) = dtype {
+            spec.runtime.precision = *dtype;
+        }
+    }
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -148,53 +188,49 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn parse_device(name: &str) -> anyhow::Result<Device> {
-    let ordinal = match name {
-        "cpu" => return Ok(Device::Cpu),
-        "cuda" => 0,
-        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(n)) => n,
-            _ => bail!("unknown device {other:?}: use cpu, cuda or cuda:N"),
-        },
-    };
-    Device::new_cuda(ordinal).with_context(|| format!("cannot use device {name}"))
-}
-
 fn generate(args: GenerateArgs) -> anyhow::Result<()> {
-    let device = parse_device(&args.device)?;
-    let dtype = match (args.dtype, &device) {
-        (Some(DTypeArg::F32), _) => DType::F32,
-        (Some(DTypeArg::F16), _) => DType::F16,
-        (Some(DTypeArg::Bf16), _) => DType::BF16,
-        (None, Device::Cpu) => DType::F32,
-        (None, _) => DType::F16,
+    let mut spec = match &args.from {
+        Some(png) => {
+            let metadata = metadata::read_metadata(png)
+                .with_context(|| format!("{}: not a readable PNG", png.display()))?
+                .with_context(|| format!("{}: no Arc2Face Studio settings in this PNG", png.display()))?;
+            GenerationSpec::restored(&metadata.spec, RuntimeSpec::default())
+        }
+        None => GenerationSpec::default(),
     };
-    let (identity, identity_source) = match &args.embedding {
-        Some(path) => (read_identity(path)?, file_name(path)),
-        None => identity_from_photos(&args)?,
+    args.settings.apply(&mut spec);
+    let models = ModelsDir::new(&args.models);
+    let identity = match &args.embedding {
+        Some(path) => {
+            spec.identity = IdentitySource::Embedding { file: crate::file_name(path) };
+            read_identity(path, &models)?
+        }
+        None => identity_from_photos(&args, &mut spec)?,
     };
-    let noise_latents = args.noise.as_deref().map(read_noise).transpose()?;
+    let initial_latents = args.noise.as_deref().map(read_noise).transpose()?;
+    if let Some(latents) = &initial_latents {
+        spec.seed = None;
+        spec.num_images = args.settings.num_images.unwrap_or(latents.dim(0)?);
+    } else if spec.seed.is_none() {
+        let seed = crate::engine::random_seed();
+        eprintln!("seed: {seed}");
+        spec.seed = Some(seed);
+    }
+    writable_folder(&args.out)?;
 
     let started = Instant::now();
-    let pipeline = Arc2FacePipeline::load(&ModelsDir::new(&args.models), &device, dtype)?;
-    eprintln!("loaded models from {} in {:.1}s ({dtype:?} on {})", args.models.display(), started.elapsed().as_secs_f64(), args.device);
+    let runtime = spec.runtime.resolve()?;
+    let pipeline = Arc2FacePipeline::load(&models, &runtime)?;
+    eprintln!("loaded models from {} in {:.1}s ({})", args.models.display(), started.elapsed().as_secs_f64(), runtime.describe());
+    // Given latents are for the size they are, once the VAE's scale factor is known.
+    if let (Some(latents), None) = (&initial_latents, args.settings.size) {
+        spec.size = Some(latents.dim(2)? * pipeline.vae_scale_factor());
+    }
+    let num_images = spec.num_images;
+    let job = Job { spec, identity, initial_latents };
+    pipeline.check(&job)?;
 
-    let (noise, num_images, size) = match noise_latents {
-        Some(latents) => {
-            let (n, _, h, _) = latents.dims4()?;
-            let size = args.size.unwrap_or(h * pipeline.vae_scale_factor());
-            (InitialNoise::Latents(latents), args.num_images.unwrap_or(n), size)
-        }
-        None => {
-            let seed = args.seed.unwrap_or_else(crate::engine::random_seed);
-            if args.seed.is_none() {
-                eprintln!("seed: {seed}");
-            }
-            (InitialNoise::Seed(seed), args.num_images.unwrap_or(4), args.size.unwrap_or(pipeline.default_size()))
-        }
-    };
-    let job = Job { identity, num_images, params: SamplingParams { steps: args.steps, guidance: args.guidance, size }, noise };
-
+    let interrupted = interrupt_flag();
     let mut final_latents = Vec::new();
     let mut stdout = std::io::stdout().lock();
     let interactive = std::io::stderr().is_terminal();
@@ -203,27 +239,12 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         if interactive {
             eprint!("\rimage {}/{num_images}: step {}/{}", p.image_index + 1, p.step, p.steps);
         }
-        Flow::Continue
+        if interrupted.load(Ordering::SeqCst) { Flow::Cancel } else { Flow::Continue }
     };
-    let mut on_image = |generated: crate::engine::GeneratedImage| {
-        let metadata = GenerationMetadata {
-            app: env!("CARGO_PKG_NAME").into(),
-            app_version: env!("CARGO_PKG_VERSION").into(),
-            seed: generated.seed,
-            steps: job.params.steps,
-            guidance: job.params.guidance,
-            width: generated.image.width() as usize,
-            height: generated.image.height() as usize,
-            scheduler: metadata::SCHEDULER_NAME.into(),
-            identity_source: identity_source.clone(),
-            model_files: pipeline.files().iter().map(Into::into).collect(),
-        };
-        let stem = match generated.seed {
-            Some(seed) => format!("arc2face-seed{seed}"),
-            None => format!("arc2face-noise{}", generated.index),
-        };
-        let path = metadata::write_png(&args.out, &stem, &generated.image, &metadata)
-            .map_err(|e| crate::engine::EngineError::Input(e.to_string()))?;
+    let mut on_image = |generated: GeneratedImage| {
+        let stem = metadata::file_stem(&generated.metadata);
+        let path = metadata::write_png(&args.out, &stem, &generated.image, &generated.metadata)
+            .map_err(|e| EngineError::Output(e.to_string()))?;
         if interactive {
             eprintln!();
         }
@@ -233,12 +254,37 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         final_latents.push(generated.latents);
         Ok(())
     };
-    pipeline.run(&job, &mut on_step, &mut on_image)?;
+    let outcome = pipeline.run(&job, &mut on_step, &mut on_image)?;
+    if outcome == JobOutcome::Cancelled {
+        if interactive {
+            eprintln!();
+        }
+        bail!("interrupted: {} of {num_images} images were written, each whole", final_latents.len());
+    }
 
     if let Some(path) = &args.latents_out {
         Tensor::cat(&final_latents, 0)?.write_npy(path).with_context(|| format!("could not write {}", path.display()))?;
     }
     eprintln!("finished in {:.1}s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Set once the user presses Ctrl+C (or the process gets SIGINT/SIGTERM): the run then stops
+/// after the current step, so that only whole PNGs are left behind.
+fn interrupt_flag() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let set = flag.clone();
+    // Fails only if a handler is already installed, and then the default behaviour stays.
+    let _ = ctrlc::set_handler(move || set.store(true, Ordering::SeqCst));
+    flag
+}
+
+/// Fails now, before any model loads, when PNGs could not be written into `dir`.
+fn writable_folder(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create the output folder {}", dir.display()))?;
+    let probe = dir.join(format!(".arc2face-write-test-{}", std::process::id()));
+    std::fs::write(&probe, b"").with_context(|| format!("cannot write into the output folder {}", dir.display()))?;
+    let _ = std::fs::remove_file(probe);
     Ok(())
 }
 
@@ -359,14 +405,15 @@ fn faces(args: FacesArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The identity of the chosen face (default the largest) of each photo, combined into one.
-fn identity_from_photos(args: &GenerateArgs) -> anyhow::Result<(Vec<f32>, String)> {
+/// The identity of the chosen face (default the largest) of each photo, combined into one; the
+/// spec records which faces they were.
+fn identity_from_photos(args: &GenerateArgs, spec: &mut GenerationSpec) -> anyhow::Result<Vec<f32>> {
     if args.face.is_some() && args.photo.len() > 1 {
         bail!("--face picks a face of a single photo; with several photos the largest face of each is used");
     }
     let mut analyzer = load_face_analyzer(&args.models)?;
     let mut embeddings = Vec::new();
-    let mut sources = Vec::new();
+    let mut faces_used = Vec::new();
     for path in &args.photo {
         let photo = face::photo::load_photo(path)?;
         let mut faces = analyzer.analyze(&photo, args.det_size)?;
@@ -378,20 +425,35 @@ fn identity_from_photos(args: &GenerateArgs) -> anyhow::Result<(Vec<f32>, String
             bail!("{}: --face {index} but the photo has {} face(s), numbered from 0", path.display(), faces.len());
         }
         embeddings.push(faces.swap_remove(index).embedding);
-        sources.push(face::identity_source(path, index));
+        faces_used.push(FaceRef { photo: crate::file_name(path), face: index });
     }
-    Ok((face::mean_identity(&embeddings), sources.join(", ")))
+    spec.identity = IdentitySource::Faces { faces: faces_used };
+    Ok(face::mean_identity(&embeddings))
 }
 
-/// A raw identity vector from a `.npy` of shape (D,) or (1, D).
-fn read_identity(path: &Path) -> anyhow::Result<Vec<f32>> {
+/// A raw identity vector from a `.npy` of shape (D,) or (1, D): finite, not zero, and as long
+/// as the recognizer's output when the models folder has one (a vector of another length is not
+/// an Arc2Face identity).
+fn read_identity(path: &Path, models: &ModelsDir) -> anyhow::Result<Vec<f32>> {
     let tensor = Tensor::read_npy(path).with_context(|| format!("{}: not a readable .npy file", path.display()))?;
     let vector = match tensor.dims() {
         [_] => tensor,
         [1, _] => tensor.squeeze(0)?,
         dims => bail!("{}: expected an identity vector of shape (D,) or (1, D), got {dims:?}", path.display()),
     };
-    Ok(vector.to_dtype(DType::F32)?.to_vec1()?)
+    let vector: Vec<f32> = vector.to_dtype(DType::F32)?.to_vec1()?;
+    if vector.iter().any(|v| !v.is_finite()) {
+        bail!("{}: the identity vector holds values that are not finite", path.display());
+    }
+    if vector.iter().all(|&v| v == 0.0) {
+        bail!("{}: the identity vector is all zeros", path.display());
+    }
+    if let Some(expected) = face::recognizer_output_len(models)
+        && vector.len() != expected
+    {
+        bail!("{}: {} values, but the recognizer (arcface.onnx) gives {expected}: not an ArcFace identity of these models", path.display(), vector.len());
+    }
+    Ok(vector)
 }
 
 /// Initial latents from a `.npy` of shape (N, C, h, w).
@@ -401,8 +463,4 @@ fn read_noise(path: &Path) -> anyhow::Result<Tensor> {
         bail!("{}: expected latents of shape (N, C, h, w), got {:?}", path.display(), tensor.dims());
     }
     Ok(tensor.to_dtype(DType::F32)?)
-}
-
-fn file_name(path: &Path) -> String {
-    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }

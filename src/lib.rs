@@ -10,3 +10,8 @@ pub mod face;
 pub mod gallery;
 pub mod models;
 pub mod worker;
+
+/// A path's last component, for messages and metadata (which never record folders).
+pub fn file_name(path: &std::path::Path) -> String {
+    path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default()
+}

@@ -9,15 +9,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
-use candle_core::{DType, Device};
 use crossbeam_channel::{Receiver, Sender};
 use image::RgbImage;
 
 use crate::diffusion::preview;
-use crate::engine::{Arc2FacePipeline, Flow, InitialNoise, Job, JobOutcome, SamplingParams};
+use crate::engine::{Arc2FacePipeline, EngineError, ErrorKind, Flow, GenerationSpec, ImageMetadata, Job, JobOutcome};
 use crate::face::{self, Face, FaceAnalyzer};
 use crate::gallery::history;
-use crate::gallery::metadata::{self, GenerationMetadata};
 use crate::models::ModelsDir;
 
 /// What the UI asks of the worker.
@@ -33,21 +31,28 @@ pub enum Command {
     },
 }
 
-/// One queued generation: a batch of images of one identity.
+/// One queued generation: the spec of a batch of images of one identity, and the identity.
 #[derive(Debug, Clone)]
 pub struct GenerationRequest {
     pub job_id: u64,
-    /// Normalised ArcFace vector of the chosen face.
+    pub spec: GenerationSpec,
+    /// Normalised ArcFace vector of the chosen face(s); the spec says where it came from.
     pub identity: Vec<f32>,
-    /// Where the identity came from, for the metadata (a file name and face number).
-    pub identity_source: String,
-    pub num_images: usize,
-    pub steps: usize,
-    pub guidance: f64,
-    /// Image i uses seed + i.
-    pub seed: u64,
     /// Where finished images are written (the gallery's folder).
     pub gallery_dir: PathBuf,
+}
+
+/// Why a job failed, with the kind of trouble so that the UI can suggest a fix.
+#[derive(Debug, Clone)]
+pub struct JobError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl From<EngineError> for JobError {
+    fn from(error: EngineError) -> Self {
+        JobError { kind: error.kind(), message: error.to_string() }
+    }
 }
 
 /// What the worker reports.
@@ -77,8 +82,12 @@ pub enum Event {
         job_id: u64,
         image: RgbImage,
         saved: Result<PathBuf, String>,
-        metadata: GenerationMetadata,
+        metadata: ImageMetadata,
         identity_match: Option<f32>,
+    },
+    /// The generation models are loaded and run on this ("CPU, f32").
+    ModelsLoaded {
+        runtime: String,
     },
     JobFinished {
         job_id: u64,
@@ -86,9 +95,15 @@ pub enum Event {
     },
     JobFailed {
         job_id: u64,
-        message: String,
+        error: JobError,
     },
 }
+
+/// Room for this many events between two UI frames; step previews beyond it are dropped rather
+/// than holding up the generation (a newer one follows), every other event waits for room.
+const EVENT_CAPACITY: usize = 256;
+/// The UI sends a command per user action; the worker takes them one at a time.
+const COMMAND_CAPACITY: usize = 64;
 
 /// The UI's handle on the worker thread. Dropping it ends the thread after its current command.
 pub struct Worker {
@@ -102,8 +117,8 @@ pub struct Worker {
 impl Worker {
     /// Starts the worker. `wake` is called after every event (egui's `request_repaint`).
     pub fn spawn(models_dir: PathBuf, wake: impl Fn() + Send + 'static) -> std::io::Result<Self> {
-        let (command_tx, command_rx) = crossbeam_channel::unbounded();
-        let (event_tx, event_rx) = crossbeam_channel::unbounded();
+        let (command_tx, command_rx) = crossbeam_channel::bounded(COMMAND_CAPACITY);
+        let (event_tx, event_rx) = crossbeam_channel::bounded(EVENT_CAPACITY);
         let cancelled_job = Arc::new(AtomicU64::new(u64::MAX));
         let mut state = WorkerState {
             models_dir,
@@ -121,11 +136,10 @@ impl Worker {
         Ok(Self { commands: Some(command_tx), events: event_rx, cancelled_job, thread: Some(thread) })
     }
 
-    pub fn send(&self, command: Command) {
-        if let Some(commands) = &self.commands {
-            // Fails only when the thread is gone, and it catches every panic.
-            let _ = commands.send(command);
-        }
+    /// Hands a command over without waiting; `false` when the worker is gone or has
+    /// [`COMMAND_CAPACITY`] commands waiting already.
+    pub fn send(&self, command: Command) -> bool {
+        self.commands.as_ref().is_some_and(|commands| commands.try_send(command).is_ok())
     }
 
     /// Stops `job_id` before its next step; images it already finished stay delivered.
@@ -179,11 +193,11 @@ impl WorkerState {
                 let job_id = request.job_id;
                 let result = catch_unwind(AssertUnwindSafe(|| self.generate(&request))).unwrap_or_else(|panic| {
                     self.pipeline = None;
-                    Err(panic_message(panic))
+                    Err(JobError { kind: ErrorKind::Internal, message: panic_message(panic) })
                 });
                 match result {
                     Ok(outcome) => self.emit(Event::JobFinished { job_id, outcome }),
-                    Err(message) => self.emit(Event::JobFailed { job_id, message }),
+                    Err(error) => self.emit(Event::JobFailed { job_id, error }),
                 }
             }
             Command::UnloadModels { models_dir } => {
@@ -197,10 +211,11 @@ impl WorkerState {
     fn analyzer(&mut self) -> Result<&mut FaceAnalyzer, String> {
         if self.analyzer.is_none() {
             self.emit(Event::Busy { what: "Loading the face models…".into() });
-            let analyzer = FaceAnalyzer::load(&ModelsDir::new(&self.models_dir)).map_err(|e| e.to_string())?;
-            self.analyzer = Some(analyzer);
         }
-        Ok(self.analyzer.as_mut().expect("loaded above"))
+        match &mut self.analyzer {
+            Some(analyzer) => Ok(analyzer),
+            slot => Ok(slot.insert(FaceAnalyzer::load(&ModelsDir::new(&self.models_dir)).map_err(|e| e.to_string())?)),
+        }
     }
 
     fn analyze(&mut self, path: &std::path::Path) -> Result<(RgbImage, Vec<Face>), String> {
@@ -209,66 +224,56 @@ impl WorkerState {
         Ok((photo, faces))
     }
 
-    fn generate(&mut self, request: &GenerationRequest) -> Result<JobOutcome, String> {
-        if self.pipeline.is_none() {
-            self.emit(Event::Busy { what: "Loading the Arc2Face models…".into() });
-            let (device, dtype) = default_device();
-            let pipeline = Arc2FacePipeline::load(&ModelsDir::new(&self.models_dir), &device, dtype).map_err(|e| e.to_string())?;
-            self.pipeline = Some(pipeline);
-        }
-        let pipeline = self.pipeline.as_ref().expect("loaded above");
-        let params = SamplingParams { steps: request.steps, guidance: request.guidance, size: pipeline.default_size() };
-        let job =
-            Job { identity: request.identity.clone(), num_images: request.num_images, params, noise: InitialNoise::Seed(request.seed) };
-        let (events, wake, cancelled) = (&self.events, &self.wake, &self.cancelled_job);
-        let emit = |event| {
-            let _ = events.send(event);
-            wake();
+    fn generate(&mut self, request: &GenerationRequest) -> Result<JobOutcome, JobError> {
+        // The models in memory serve the job if they were loaded for its runtime; otherwise they
+        // go first, to free their memory, and the job's load.
+        let runtime = request.spec.runtime.resolve()?;
+        let pipeline = match self.pipeline.take() {
+            Some(pipeline) if pipeline.runtime().same_as(&runtime) => pipeline,
+            _ => {
+                self.emit(Event::Busy { what: format!("Loading the Arc2Face models ({})…", runtime.describe()) });
+                let pipeline = Arc2FacePipeline::load(&ModelsDir::new(&self.models_dir), &runtime)?;
+                self.emit(Event::ModelsLoaded { runtime: runtime.describe() });
+                pipeline
+            }
         };
+        let pipeline = self.pipeline.insert(pipeline);
+        let job = Job { spec: request.spec.clone(), identity: request.identity.clone(), initial_latents: None };
+        let (events, wake, cancelled) = (&self.events, &self.wake, &self.cancelled_job);
         let mut on_step = |progress: &crate::engine::StepProgress| {
             if cancelled.load(Ordering::SeqCst) == request.job_id {
                 return Flow::Cancel;
             }
             if let Ok(preview) = preview::latents_to_rgb(progress.predicted_x0) {
-                emit(Event::Progress {
+                let event = Event::Progress {
                     job_id: request.job_id,
                     image_index: progress.image_index,
                     step: progress.step,
                     steps: progress.steps,
                     preview,
-                });
+                };
+                // A preview the UI has no room for is dropped: the next step brings a newer one.
+                if events.try_send(event).is_ok() {
+                    wake();
+                }
             }
             Flow::Continue
         };
-        let files = pipeline.files().iter().map(Into::into).collect::<Vec<_>>();
         let analyzer = &mut self.analyzer;
         let mut on_image = |generated: crate::engine::GeneratedImage| {
             let identity_match = analyzer.as_mut().and_then(|a| face::identity_match(a, &generated.image, &request.identity));
-            let metadata = GenerationMetadata {
-                app: env!("CARGO_PKG_NAME").into(),
-                app_version: env!("CARGO_PKG_VERSION").into(),
-                seed: generated.seed,
-                steps: params.steps,
-                guidance: params.guidance,
-                width: generated.image.width() as usize,
-                height: generated.image.height() as usize,
-                scheduler: metadata::SCHEDULER_NAME.into(),
-                identity_source: request.identity_source.clone(),
-                model_files: files.clone(),
-            };
-            let saved = history::write_image(&request.gallery_dir, &generated.image, &metadata).map_err(|e| e.to_string());
-            emit(Event::ImageReady { job_id: request.job_id, image: generated.image, saved, metadata, identity_match });
+            let saved = history::write_image(&request.gallery_dir, &generated.image, &generated.metadata).map_err(|e| e.to_string());
+            let _ = events.send(Event::ImageReady {
+                job_id: request.job_id,
+                image: generated.image,
+                saved,
+                metadata: generated.metadata,
+                identity_match,
+            });
+            wake();
             Ok(())
         };
-        pipeline.run(&job, &mut on_step, &mut on_image).map_err(|e| e.to_string())
-    }
-}
-
-/// CUDA with f16 when this build has it and a GPU answers; the CPU in f32 otherwise.
-fn default_device() -> (Device, DType) {
-    match Device::new_cuda(0) {
-        Ok(device) => (device, DType::F16),
-        Err(_) => (Device::Cpu, DType::F32),
+        Ok(pipeline.run(&job, &mut on_step, &mut on_image)?)
     }
 }
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc2face_studio::app::{Action, StudioApp};
+use arc2face_studio::app::{GalleryAction, ModelsAction, StudioApp};
 use arc2face_studio::gallery::metadata;
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
@@ -75,9 +75,9 @@ fn drop_pick_generate_watch_and_export() {
 
     {
         let settings = &mut harness.state_mut().state.settings;
-        settings.num_images = 2;
-        settings.steps = 3;
-        settings.seed = 42;
+        settings.spec.num_images = 2;
+        settings.spec.steps = 3;
+        settings.spec.seed = Some(42);
         settings.seed_locked = true;
     }
     harness.get_by_label("Generate").click();
@@ -86,7 +86,7 @@ fn drop_pick_generate_watch_and_export() {
         app.state.running.as_ref().is_some_and(|r| r.preview.is_some()) || app.state.gallery.gallery.entries().len() == 2
     });
     run_until(&mut harness, "the gallery", |app| app.state.running.is_none() && app.state.gallery.gallery.entries().len() == 2);
-    let seeds: Vec<Option<u64>> = harness.state().state.gallery.gallery.entries().iter().map(|e| e.metadata.seed).collect();
+    let seeds: Vec<Option<u64>> = harness.state().state.gallery.gallery.entries().iter().map(|e| e.metadata.spec.seed).collect();
     assert_eq!(seeds, [Some(42), Some(43)], "image i uses seed + i");
     assert!(notices(harness.state()).is_empty(), "{:?}", notices(harness.state()));
 
@@ -94,28 +94,28 @@ fn drop_pick_generate_watch_and_export() {
     harness.step();
     assert_eq!(harness.state().state.gallery.selection.len(), 2);
     let export = dir.path().join("export");
-    harness.state_mut().apply(Action::ExportTo(export.clone()));
+    harness.state_mut().apply(GalleryAction::ExportTo(export.clone()));
     harness.step();
     let exported: Vec<PathBuf> = std::fs::read_dir(&export).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(exported.len(), 2);
     for path in &exported {
         let meta = metadata::read_metadata(path).unwrap().expect("metadata travels with the export");
-        assert_eq!((meta.steps, meta.guidance), (3, 3.0));
-        assert!(meta.identity_source.contains("astronaut.jpg (face 1)"), "{}", meta.identity_source);
+        assert_eq!((meta.spec.steps, meta.spec.guidance), (3, 3.0));
+        assert_eq!(meta.spec.identity.to_string(), "astronaut.jpg (face 1)");
     }
 
     // Dropping an exported image back in restores its settings and reopens its face.
-    let seed = metadata::read_metadata(&exported[0]).unwrap().unwrap().seed;
+    let seed = metadata::read_metadata(&exported[0]).unwrap().unwrap().spec.seed;
     {
         let state = &mut harness.state_mut().state;
-        (state.settings.steps, state.settings.guidance, state.settings.seed_locked) = (20, 5.0, false);
+        (state.settings.spec.steps, state.settings.spec.guidance, state.settings.seed_locked) = (20, 5.0, false);
         state.photo = None;
     }
     drop_photo(&mut harness, exported[0].clone());
     run_until(&mut harness, "the photo reopened", |app| app.state.photo.is_some());
     let state = &harness.state().state;
     assert_eq!(
-        (state.settings.steps, state.settings.guidance, Some(state.settings.seed), state.settings.seed_locked),
+        (state.settings.spec.steps, state.settings.spec.guidance, state.settings.spec.seed, state.settings.seed_locked),
         (3, 3.0, seed, true)
     );
     let photo_state = state.photo.as_ref().unwrap();
@@ -161,11 +161,11 @@ fn faces_of_several_photos_combine_into_one_identity() {
     run_until(&mut harness, "faces of the second photo", |app| app.state.photo.as_ref().is_some_and(|p| p.path.ends_with("two_faces.jpg")));
     assert!(harness.query_by_label_contains("Identity combines astronaut.jpg").is_some());
     let (second, second_face) = selected_face(&harness);
-    harness.state_mut().state.settings.steps = 100;
+    harness.state_mut().state.settings.spec.steps = 100;
     harness.get_by_label("Generate").click();
     harness.step();
     let request = harness.state().state.running.as_ref().map(|r| r.request.clone()).expect("a job runs");
-    assert_eq!(request.identity_source, format!("astronaut.jpg (face {first_face}), two_faces.jpg (face {second_face})"));
+    assert_eq!(request.spec.identity.to_string(), format!("astronaut.jpg (face {first_face}), two_faces.jpg (face {second_face})"));
     assert_eq!(request.identity, arc2face_studio::face::mean_identity(&[first, second]));
     harness.get_by_label("Cancel").click();
     run_until(&mut harness, "the cancellation", |app| app.state.running.is_none());
@@ -179,8 +179,8 @@ fn cancel_stops_within_a_step_and_keeps_finished_images() {
     run_until(&mut harness, "faces", |app| app.state.photo.is_some());
     {
         let settings = &mut harness.state_mut().state.settings;
-        settings.num_images = 3;
-        settings.steps = 100;
+        settings.spec.num_images = 3;
+        settings.spec.steps = 100;
     }
     harness.get_by_label("Generate").click();
     run_until(&mut harness, "the second image", |app| app.state.running.as_ref().is_some_and(|r| r.image_index == 1 && r.step >= 1));
@@ -212,7 +212,7 @@ fn a_missing_models_folder_is_explained_and_the_app_stays_usable() {
     // A broken photo after that still gives its own clear message.
     let broken = dir.path().join("broken.jpg");
     std::fs::write(&broken, "not a photo").unwrap();
-    harness.state_mut().apply(Action::SetModelsDir(common::generation_and_face_models(dir.path())));
+    harness.state_mut().apply(ModelsAction::SetDir(common::generation_and_face_models(dir.path())));
     drop_photo(&mut harness, broken);
     run_until(&mut harness, "the analysis", |app| app.state.analyzing.is_none());
     assert!(notices(harness.state()).iter().any(|n| n.contains("not an image")), "{:?}", notices(harness.state()));

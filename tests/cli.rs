@@ -81,8 +81,8 @@ fn generate_from_noise_writes_pngs_with_metadata_and_latents() {
         let image = image::open(path).unwrap();
         assert_eq!((image.width(), image.height()), (32, 32));
         let meta = metadata::read_metadata(path).unwrap().expect("the JSON chunk");
-        assert_eq!((meta.steps, meta.guidance, meta.width, meta.seed), (5, 3.0, 32, None));
-        assert_eq!(meta.identity_source, "id_embedding.npy");
+        assert_eq!((meta.spec.steps, meta.spec.guidance, meta.width, meta.spec.seed), (5, 3.0, 32, None));
+        assert_eq!(meta.spec.identity.to_string(), "id_embedding.npy");
         assert!(meta.model_files.iter().any(|f| f.path == "arc2face/diffusion_pytorch_model.safetensors" && f.bytes > 0));
         let bytes = std::fs::read(path).unwrap();
         let text = String::from_utf8_lossy(&bytes);
@@ -174,21 +174,136 @@ fn truncated_weights_are_named() {
     }
 }
 
+/// The catalogue of bad input: each ends with one line naming the problem, before any model
+/// loads or any file is written.
 #[test]
-fn bad_requests_say_what_is_wrong() {
+fn bad_requests_say_what_is_wrong_and_write_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let too_long = dir.path().join("too_long.npy");
-    Tensor::ones(100, candle_core::DType::F32, &Device::Cpu).unwrap().write_npy(&too_long).unwrap();
-    let models = models_dir();
-    let base = ["generate", "--models", path_str(&models), "--out", path_str(dir.path())];
-    let run = |extra: &[&str]| arc2face(&[&base[..], extra].concat());
-    assert_fails_with(&run(&["--embedding", path_str(&too_long)]), "has 100 values; this encoder takes 1 to 32");
-    let embedding = fixture().join("reference/id_embedding.npy");
-    assert_fails_with(&run(&["--embedding", path_str(&embedding), "--size", "30"]), "size must be a multiple of 8");
-    assert_fails_with(&run(&["--embedding", path_str(&embedding), "--steps", "0"]), "steps must be between 1 and 1000");
+    let out = dir.path().join("out");
+    let npy = |name: &str, values: Vec<f32>, shape: &[usize]| {
+        let path = dir.path().join(name);
+        Tensor::from_vec(values, shape, &Device::Cpu).unwrap().write_npy(&path).unwrap();
+        path
+    };
+    let too_long = npy("too_long.npy", vec![1.0; 100], &[100]);
+    let not_finite = npy("nan.npy", [vec![f32::NAN], vec![1.0; 23]].concat(), &[24]);
+    let zeros = npy("zeros.npy", vec![0.0; 24], &[24]);
+    let matrix = npy("matrix.npy", vec![1.0; 48], &[2, 24]);
+    let noise_rank = npy("noise_rank.npy", vec![0.5; 64], &[4, 16]);
+    let noise_shape = npy("noise_shape.npy", vec![0.5; 4 * 4 * 8 * 8], &[4, 4, 8, 8]);
+    let noise_nan = npy("noise_nan.npy", [vec![f32::INFINITY], vec![0.5; 2 * 4 * 16 * 16 - 1]].concat(), &[2, 4, 16, 16]);
     let not_npy = dir.path().join("not.npy");
     std::fs::write(&not_npy, "hello").unwrap();
-    assert_fails_with(&run(&["--embedding", path_str(&not_npy)]), "not a readable .npy file");
-    assert_fails_with(&run(&["--photo", "face.jpg"]), "antelopev2/scrfd_10g_bnkps.onnx: missing");
-    assert_fails_with(&run(&["--embedding", path_str(&embedding), "--device", "tpu"]), "unknown device");
+    let a_file = dir.path().join("a_file");
+    std::fs::write(&a_file, "").unwrap();
+    let embedding = fixture().join("reference/id_embedding.npy");
+    let (models, embedding, out_dir) = (models_dir(), path_str(&embedding).to_string(), path_str(&out).to_string());
+
+    let run = |extra: &[&str]| arc2face(&[&["generate", "--models", path_str(&models), "--out", &out_dir][..], extra].concat());
+    let with_id = |extra: &[&str]| run(&[&["--embedding", &embedding][..], extra].concat());
+    let cases: Vec<(Output, &str)> = vec![
+        (run(&["--embedding", path_str(&too_long)]), "has 100 values; this encoder takes 1 to 32"),
+        (run(&["--embedding", path_str(&not_finite)]), "values that are not finite"),
+        (run(&["--embedding", path_str(&zeros)]), "the identity vector is all zeros"),
+        (run(&["--embedding", path_str(&matrix)]), "expected an identity vector of shape (D,) or (1, D), got [2, 24]"),
+        (run(&["--embedding", path_str(&not_npy)]), "not a readable .npy file"),
+        (with_id(&["--noise", path_str(&noise_rank)]), "expected latents of shape (N, C, h, w), got [4, 16]"),
+        (with_id(&["--noise", path_str(&noise_shape), "--size", "32"]), "the initial latents have shape [4, 4, 8, 8]"),
+        (with_id(&["--noise", path_str(&noise_nan)]), "initial latents hold values that are not finite"),
+        (with_id(&["--size", "30"]), "size must be a multiple of 8"),
+        (with_id(&["--size", "0"]), "size must be a multiple of 8"),
+        (with_id(&["--size", "4096"]), "size must be a multiple of 8 between 8 and 1024"),
+        (with_id(&["--steps", "0"]), "steps must be between 1 and 1000"),
+        (with_id(&["--num-images", "0"]), "the number of images must be between 1 and 64"),
+        (with_id(&["--guidance", "NaN"]), "guidance must be a number from 0 to 50"),
+        (with_id(&["--guidance=-1"]), "guidance must be a number from 0 to 50"),
+        (with_id(&["--device", "tpu"]), "unknown device"),
+        (with_id(&["--device", "cpu", "--dtype", "bf16"]), "bf16 does not run on the CPU"),
+        (with_id(&["--from", path_str(&not_npy)]), "not a readable PNG"),
+        (run(&["--photo", "face.jpg"]), "antelopev2/scrfd_10g_bnkps.onnx: missing"),
+    ];
+    for (output, needle) in &cases {
+        assert_fails_with(output, needle);
+        let err = stderr(output);
+        assert_eq!(err.lines().filter(|l| l.starts_with("error")).count(), 1, "one error line: {err}");
+        assert!(!err.contains("stack backtrace") && err.len() < 2000, "no backtrace: {err}");
+    }
+    let written = std::fs::read_dir(&out).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(written, 0, "nothing written for a bad request");
+    let unwritable = path_str(&a_file).to_string() + "/out";
+    assert_fails_with(&arc2face(&["generate", "--models", path_str(&models), "--embedding", &embedding, "--out", &unwritable]), "cannot create the output folder");
+}
+
+/// An identity vector must be as long as the recognizer's output when the models folder has one.
+#[test]
+fn an_identity_of_the_wrong_length_for_the_recognizer_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = generation_and_face_models(dir.path());
+    let short = dir.path().join("short.npy");
+    Tensor::ones(20, candle_core::DType::F32, &Device::Cpu).unwrap().write_npy(&short).unwrap();
+    let output = arc2face(&["generate", "--models", path_str(&models), "--embedding", path_str(&short), "--out", path_str(dir.path())]);
+    assert_fails_with(&output, "20 values, but the recognizer (arcface.onnx) gives 24");
+}
+
+/// `--from` takes every setting from a PNG; the identity comes as usual, and the image comes out
+/// the same, pixel for pixel. Flags given override the PNG's settings.
+#[test]
+fn generate_from_a_png_makes_the_same_image_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (embedding, models) = (fixture().join("reference/id_embedding.npy"), models_dir());
+    let generate = |extra: &[&str], out: &Path| {
+        let base = ["generate", "--models", path_str(&models), "--embedding", path_str(&embedding), "--out", path_str(out)];
+        let output = arc2face(&[&base[..], extra].concat());
+        assert!(output.status.success(), "{}", stderr(&output));
+        String::from_utf8(output.stdout).unwrap().lines().map(PathBuf::from).collect::<Vec<_>>()
+    };
+    let batch = generate(&["--seed", "5", "--num-images", "2", "--steps", "3", "--guidance", "2.0", "--size", "24"], &dir.path().join("a"));
+    let again = generate(&["--from", path_str(&batch[1])], &dir.path().join("b"));
+    assert_eq!(again.len(), 1, "one image: the one the PNG records");
+    let pixels = |path: &Path| image::open(path).unwrap().to_rgb8().into_raw();
+    assert_eq!(pixels(&again[0]), pixels(&batch[1]), "same settings and identity, same pixels");
+    let meta = metadata::read_metadata(&again[0]).unwrap().unwrap();
+    assert_eq!((meta.spec.seed, meta.spec.steps, meta.spec.guidance, meta.width), (Some(6), 3, 2.0, 24));
+
+    let overridden = generate(&["--from", path_str(&batch[1]), "--steps", "2"], &dir.path().join("c"));
+    let meta = metadata::read_metadata(&overridden[0]).unwrap().unwrap();
+    assert_eq!((meta.spec.seed, meta.spec.steps), (Some(6), 2), "the flag wins, the rest comes from the PNG");
+
+    // A PNG written by version 0.1.0 restores the same way.
+    let legacy = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/legacy/cli-seed7.png");
+    let remade = generate(&["--from", path_str(&legacy)], &dir.path().join("d"));
+    let (mean, max) = image_difference(&pixels(&remade[0]), &pixels(&legacy));
+    assert!(mean < 0.05 && max <= 1, "the old PNG's image again: mean {mean}, max {max} levels");
+}
+
+/// Ctrl+C (SIGINT) stops a run after the current step: the images finished are there, whole, and
+/// nothing else is.
+#[test]
+fn an_interrupted_run_leaves_only_whole_pngs() {
+    let dir = tempfile::tempdir().unwrap();
+    let embedding = fixture().join("reference/id_embedding.npy");
+    let child = Command::new(env!("CARGO_BIN_EXE_arc2face"))
+        .args(["generate", "--models", path_str(&models_dir()), "--embedding", path_str(&embedding), "--seed", "1"])
+        .args(["--num-images", "64", "--steps", "1000", "--out", path_str(dir.path())])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while std::fs::read_dir(dir.path()).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "png")).count() == 0 {
+        assert!(started.elapsed().as_secs() < 120, "no image within two minutes");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("interrupted"), "{}", stderr(&output));
+    let listed: Vec<PathBuf> = String::from_utf8(output.stdout).unwrap().lines().map(PathBuf::from).collect();
+    let files: Vec<PathBuf> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(!listed.is_empty() && listed.len() < 64);
+    assert_eq!(files.len(), listed.len(), "nothing but the PNGs listed: {files:?}");
+    for path in &listed {
+        assert!(image::open(path).is_ok(), "{} is whole", path.display());
+    }
 }

@@ -4,21 +4,28 @@
 use std::path::Path;
 
 use arc2face_studio::gallery::history::{Gallery, GalleryError, SortOrder};
-use arc2face_studio::gallery::metadata::{self, GenerationMetadata, ModelFileRecord};
+use arc2face_studio::engine::{GenerationSpec, IdentitySource, ImageMetadata, LoadedFile};
+use arc2face_studio::gallery::metadata;
 use image::{Rgb, RgbImage};
 
-fn meta(seed: Option<u64>) -> GenerationMetadata {
-    GenerationMetadata {
+fn meta(seed: Option<u64>) -> ImageMetadata {
+    ImageMetadata {
+        format: 2,
         app: "arc2face-studio".into(),
-        app_version: "0.1.0".into(),
-        seed,
-        steps: 25,
-        guidance: 3.0,
+        app_version: "0.2.0".into(),
+        spec: GenerationSpec {
+            identity: IdentitySource::Embedding { file: "alice.npy".into() },
+            num_images: 1,
+            seed,
+            size: Some(8),
+            ..Default::default()
+        },
+        index: 0,
+        count: 1,
         width: 8,
         height: 8,
-        scheduler: metadata::SCHEDULER_NAME.into(),
-        identity_source: "alice.npy".into(),
-        model_files: vec![ModelFileRecord { path: "unet/diffusion_pytorch_model.safetensors".into(), bytes: 1234 }],
+        ran_on: "CPU, f32".into(),
+        model_files: vec![LoadedFile { path: "unet/diffusion_pytorch_model.safetensors".into(), bytes: 1234 }],
     }
 }
 
@@ -59,7 +66,7 @@ fn add_and_reopen_keeps_ids_order_favourites_and_matches() {
     let mut gallery = three(root.path());
     assert_eq!(ids(&gallery), [1, 2, 3]);
     let names: Vec<&str> = gallery.entries().iter().map(|e| e.file_name.as_str()).collect();
-    assert_eq!(names, ["seed1.png", "seed2.png", "image.png"]);
+    assert_eq!(names, ["arc2face-seed1.png", "arc2face-seed2.png", "arc2face-noise0.png"]);
     gallery.set_favourite(2, true).unwrap();
     gallery.set_identity_match(2, 0.25).unwrap();
     let before = gallery.entries().to_vec();
@@ -75,7 +82,7 @@ fn add_and_reopen_keeps_ids_order_favourites_and_matches() {
     assert!(reopened.get(4).is_none());
 
     let index: serde_json::Value = serde_json::from_slice(&std::fs::read(index_path(root.path())).unwrap()).unwrap();
-    assert_eq!(index["version"], 1);
+    assert_eq!(index["version"], 2);
     assert_eq!(index["next_id"], 4);
     assert!(!root.path().join("gallery.json.tmp").exists());
 }
@@ -86,7 +93,7 @@ fn the_same_seed_twice_gets_two_files() {
     let mut gallery = Gallery::open(root.path()).unwrap();
     gallery.add(&image(1), meta(Some(7)), None).unwrap();
     let second = gallery.add(&image(2), meta(Some(7)), None).unwrap();
-    assert_eq!(second.file_name, "seed7-2.png");
+    assert_eq!(second.file_name, "arc2face-seed7-2.png");
 }
 
 #[test]
@@ -130,7 +137,7 @@ fn unknown_ids_and_bad_scores_are_errors() {
     }
     assert!(matches!(gallery.set_identity_match(1, f32::NAN), Err(GalleryError::InvalidScore { .. })));
     assert_eq!(ids(&gallery), [1, 2, 3], "a failed remove removes nothing");
-    assert!(root.path().join("seed1.png").is_file());
+    assert!(root.path().join("arc2face-seed1.png").is_file());
 }
 
 #[test]
@@ -143,7 +150,7 @@ fn remove_then_undo_restores_files_and_entries() {
     let removed = gallery.remove(&[3, 1]).unwrap();
     assert_eq!(removed.entries().iter().map(|e| e.id).collect::<Vec<_>>(), [1, 3]);
     assert_eq!(ids(&gallery), [2]);
-    assert!(!root.path().join("seed1.png").exists());
+    assert!(!root.path().join("arc2face-seed1.png").exists());
     assert!(!root.path().join("image.png").exists());
     assert_eq!(std::fs::read_dir(root.path().join("trash")).unwrap().count(), 2);
     let index: serde_json::Value = serde_json::from_slice(&std::fs::read(index_path(root.path())).unwrap()).unwrap();
@@ -163,14 +170,14 @@ fn undo_does_not_overwrite_a_file_that_took_the_name() {
     let mut gallery = three(root.path());
     let removed = gallery.remove(&[1]).unwrap();
     let newcomer = gallery.add(&image(99), meta(Some(1)), None).unwrap();
-    assert_eq!((newcomer.id, newcomer.file_name.as_str()), (4, "seed1.png"));
-    let newcomer_bytes = std::fs::read(root.path().join("seed1.png")).unwrap();
+    assert_eq!((newcomer.id, newcomer.file_name.as_str()), (4, "arc2face-seed1.png"));
+    let newcomer_bytes = std::fs::read(root.path().join("arc2face-seed1.png")).unwrap();
 
     gallery.undo_remove(removed).unwrap();
     assert_eq!(ids(&gallery), [1, 2, 3, 4]);
-    assert_eq!(gallery.get(1).unwrap().file_name, "seed1-2.png");
-    assert_eq!(std::fs::read(root.path().join("seed1.png")).unwrap(), newcomer_bytes);
-    let restored = image::open(root.path().join("seed1-2.png")).unwrap().to_rgb8();
+    assert_eq!(gallery.get(1).unwrap().file_name, "arc2face-seed1-2.png");
+    assert_eq!(std::fs::read(root.path().join("arc2face-seed1.png")).unwrap(), newcomer_bytes);
+    let restored = image::open(root.path().join("arc2face-seed1-2.png")).unwrap().to_rgb8();
     assert_eq!(restored, image(10));
 }
 
@@ -183,7 +190,7 @@ fn remove_then_reopen_empties_the_trash_and_forgets_the_entries() {
     let gallery = Gallery::open(root.path()).unwrap();
     assert_eq!(ids(&gallery), [1, 3]);
     assert!(!root.path().join("trash").exists());
-    assert!(!root.path().join("seed2.png").exists());
+    assert!(!root.path().join("arc2face-seed2.png").exists());
 }
 
 #[test]
@@ -192,17 +199,17 @@ fn export_never_overwrites_and_keeps_the_metadata() {
     let gallery = three(root.path());
     let dest = root.path().join("export");
     std::fs::create_dir(&dest).unwrap();
-    std::fs::write(dest.join("seed1.png"), b"someone else's file").unwrap();
+    std::fs::write(dest.join("arc2face-seed1.png"), b"someone else's file").unwrap();
 
     let exported = gallery.export(&[1, 2], &dest).unwrap();
-    assert_eq!(exported, [dest.join("seed1-2.png"), dest.join("seed2.png")]);
-    assert_eq!(std::fs::read(dest.join("seed1.png")).unwrap(), b"someone else's file");
+    assert_eq!(exported, [dest.join("arc2face-seed1-2.png"), dest.join("arc2face-seed2.png")]);
+    assert_eq!(std::fs::read(dest.join("arc2face-seed1.png")).unwrap(), b"someone else's file");
     assert_eq!(metadata::read_metadata(&exported[0]).unwrap(), Some(meta(Some(1))));
-    assert_eq!(std::fs::read(&exported[1]).unwrap(), std::fs::read(root.path().join("seed2.png")).unwrap());
+    assert_eq!(std::fs::read(&exported[1]).unwrap(), std::fs::read(root.path().join("arc2face-seed2.png")).unwrap());
 
     // Again into the same folder: new names again, and no leftovers from the copying.
     let again = gallery.export(&[1], &dest).unwrap();
-    assert_eq!(again, [dest.join("seed1-3.png")]);
+    assert_eq!(again, [dest.join("arc2face-seed1-3.png")]);
     assert_eq!(std::fs::read_dir(&dest).unwrap().count(), 4);
 }
 
@@ -228,7 +235,7 @@ fn a_deleted_index_is_rebuilt_from_the_pngs() {
 
 #[test]
 fn a_corrupt_index_is_kept_aside_and_rebuilt() {
-    for garbage in [&b"{\"version\":1,\"next_id\":4,\"entr"[..], b"\x00\xffnot json", b"{\"version\":2,\"next_id\":4,\"entries\":[]}"] {
+    for garbage in [&b"{\"version\":1,\"next_id\":4,\"entr"[..], b"\x00\xffnot json", b"{\"version\":99,\"next_id\":4,\"entries\":[]}"] {
         let root = tempfile::tempdir().unwrap();
         three(root.path());
         std::fs::write(index_path(root.path()), garbage).unwrap();
@@ -250,7 +257,7 @@ fn a_corrupt_index_is_kept_aside_and_rebuilt() {
 fn an_entry_whose_png_disappeared_is_dropped() {
     let root = tempfile::tempdir().unwrap();
     three(root.path());
-    std::fs::remove_file(root.path().join("seed2.png")).unwrap();
+    std::fs::remove_file(root.path().join("arc2face-seed2.png")).unwrap();
     let gallery = Gallery::open(root.path()).unwrap();
     assert_eq!(ids(&gallery), [1, 3]);
     assert_eq!(ids(&Gallery::open(root.path()).unwrap()), [1, 3]);
@@ -281,15 +288,15 @@ fn index_entries_outside_the_folder_are_dropped() {
     let outside = root.path().join("outside.png");
     metadata::write_png(root.path(), "outside", &image(1), &meta(Some(9))).unwrap();
     let text = std::fs::read_to_string(index_path(&dir)).unwrap();
-    std::fs::write(index_path(&dir), text.replace("\"seed2.png\"", "\"../outside.png\"").replace("\"image.png\"", "\"gallery.json\""))
+    std::fs::write(index_path(&dir), text.replace("\"arc2face-seed2.png\"", "\"../outside.png\"").replace("\"arc2face-noise0.png\"", "\"gallery.json\""))
         .unwrap();
 
     let gallery = Gallery::open(&dir).unwrap();
-    // seed2.png and image.png are still in the folder, so they come back as new entries.
-    assert_eq!(gallery.get(1).unwrap().file_name, "seed1.png");
+    // arc2face-seed2.png and arc2face-noise0.png are still in the folder, so they come back as new entries.
+    assert_eq!(gallery.get(1).unwrap().file_name, "arc2face-seed1.png");
     let mut names: Vec<&str> = gallery.entries().iter().map(|e| e.file_name.as_str()).collect();
     names.sort();
-    assert_eq!(names, ["image.png", "seed1.png", "seed2.png"]);
+    assert_eq!(names, ["arc2face-noise0.png", "arc2face-seed1.png", "arc2face-seed2.png"]);
     assert_eq!(ids(&gallery), [1, 4, 5]);
     assert!(outside.is_file());
 }
@@ -324,6 +331,38 @@ fn a_read_only_folder_fails_the_add_and_keeps_the_index() {
     assert_eq!(std::fs::read(index_path(root.path())).unwrap(), index_before);
     assert_eq!(ids(&gallery), [1, 2, 3]);
     assert!(!gallery.get(1).unwrap().favourite);
-    assert!(root.path().join("seed2.png").is_file());
+    assert!(root.path().join("arc2face-seed2.png").is_file());
     assert_eq!(ids(&Gallery::open(root.path()).unwrap()), [1, 2, 3]);
+}
+
+/// A gallery folder and a PNG as version 0.1.0 wrote them (tests/fixtures/legacy) still load: the
+/// flat metadata becomes a spec, ids, favourites and match scores stay, and the index is
+/// rewritten in the current layout.
+#[test]
+fn galleries_and_pngs_of_version_0_1_keep_loading() {
+    let legacy = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/legacy");
+    let root = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(legacy.join("gallery")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), root.path().join(entry.file_name())).unwrap();
+    }
+    let gallery = Gallery::open(root.path()).unwrap();
+    assert_eq!(ids(&gallery), [1, 2]);
+    let second = gallery.get(2).unwrap();
+    assert!(second.favourite);
+    assert_eq!(second.identity_match, Some(0.75));
+    let spec = &second.metadata.spec;
+    assert_eq!((spec.seed, spec.steps, spec.guidance, spec.size), (Some(12), 3, 3.0, Some(16)));
+    let IdentitySource::Faces { faces } = &spec.identity else { panic!("a photo identity: {:?}", spec.identity) };
+    let faces: Vec<(&str, usize)> = faces.iter().map(|f| (f.photo.as_str(), f.face)).collect();
+    assert_eq!(faces, [("astronaut.jpg", 1), ("two_faces.jpg", 0)]);
+    let index = std::fs::read_to_string(index_path(root.path())).unwrap();
+    assert!(index.contains("\"version\": 2") && index.contains("\"spec\""), "rewritten in the current layout");
+    drop(gallery);
+    assert_eq!(Gallery::open(root.path()).unwrap().entries(), Gallery::open(root.path()).unwrap().entries());
+
+    let png = metadata::read_metadata(&legacy.join("cli-seed7.png")).unwrap().expect("metadata");
+    assert_eq!((png.spec.seed, png.spec.steps, png.spec.guidance, png.width), (Some(7), 3, 2.5, 32));
+    assert_eq!(png.spec.identity, IdentitySource::Embedding { file: "id_embedding.npy".into() });
+    assert_eq!(png.model_files.len(), 7);
 }

@@ -14,9 +14,9 @@ use common::*;
 use arc2face_studio::diffusion::id_encoder::{IdEncoder, IdEncoderConfig};
 use arc2face_studio::diffusion::noise::torch_randn;
 use arc2face_studio::diffusion::scheduler::{DpmSolverMultistep, SchedulerConfig};
-use arc2face_studio::diffusion::unet::{UNet, UNetConfig};
+use arc2face_studio::diffusion::unet::{Conditioning, UNet, UNetConfig};
 use arc2face_studio::diffusion::vae::{Vae, VaeConfig};
-use arc2face_studio::engine::{Arc2FacePipeline, Flow, InitialNoise, Job, SamplingParams};
+use arc2face_studio::engine::{Arc2FacePipeline, Flow, GenerationSpec, Job, Runtime};
 use arc2face_studio::models::{self, ModelsDir, load_pickle, load_safetensors};
 
 fn training_sigmas() -> Vec<f64> {
@@ -96,7 +96,7 @@ fn unet_forward_matches_diffusers() {
     let sample = reference("unet_sample.npy");
     let context = reference("unet_encoder_hidden_states.npy");
     for t in [999, 500] {
-        let out = unet.forward(&sample, t as f64, &context).unwrap();
+        let out = unet.forward(&sample, t as f64, &Conditioning { context: &context }).unwrap();
         assert_close(&format!("UNet at t={t}"), &out, &reference(&format!("unet_out_t{t}.npy")), 1e-5);
     }
 }
@@ -112,14 +112,13 @@ fn vae_decode_matches_diffusers() {
     assert_close("VAE decode", &vae.decode(&latents).unwrap(), &reference("vae_decoded.npy"), 1e-5);
 }
 
-fn run_generation(noise: InitialNoise, steps: usize, guidance: f64) -> (Tensor, Vec<Vec<u8>>) {
-    let pipeline = Arc2FacePipeline::load(&ModelsDir::new(models_dir()), &Device::Cpu, DType::F32).unwrap();
-    let job = Job {
-        identity: reference("id_embedding.npy").to_vec1().unwrap(),
-        num_images: 2,
-        params: SamplingParams { steps, guidance, size: 32 },
-        noise,
-    };
+/// Two images of 32 px from the given latents or, without them, from seed 42.
+fn run_generation(initial_latents: Option<Tensor>, steps: usize, guidance: f64) -> (Tensor, Vec<Vec<u8>>) {
+    let runtime = Runtime { device: Device::Cpu, dtype: DType::F32 };
+    let pipeline = Arc2FacePipeline::load(&ModelsDir::new(models_dir()), &runtime).unwrap();
+    let seed = initial_latents.is_none().then_some(42);
+    let spec = GenerationSpec { num_images: 2, steps, guidance, size: Some(32), seed, ..Default::default() };
+    let job = Job { spec, identity: reference("id_embedding.npy").to_vec1().unwrap(), initial_latents };
     let (mut latents, mut images) = (Vec::new(), Vec::new());
     pipeline
         .run(&job, &mut |_| Flow::Continue, &mut |generated| {
@@ -143,18 +142,18 @@ fn check_generation(name: &str, latents: &Tensor, images: &[Vec<u8>]) {
 
 #[test]
 fn generation_with_guidance_matches_diffusers() {
-    let (latents, images) = run_generation(InitialNoise::Latents(reference("gen_noise.npy")), 5, 3.0);
+    let (latents, images) = run_generation(Some(reference("gen_noise.npy")), 5, 3.0);
     check_generation("cfg", &latents, &images);
 }
 
 #[test]
 fn generation_without_guidance_matches_diffusers() {
-    let (latents, images) = run_generation(InitialNoise::Latents(reference("gen_noise.npy")), 5, 1.0);
+    let (latents, images) = run_generation(Some(reference("gen_noise.npy")), 5, 1.0);
     check_generation("nocfg", &latents, &images);
 }
 
 #[test]
 fn seeded_generation_matches_diffusers_with_per_image_generators() {
-    let (latents, images) = run_generation(InitialNoise::Seed(42), 4, 3.0);
+    let (latents, images) = run_generation(None, 4, 3.0);
     check_generation("seed", &latents, &images);
 }

@@ -4,7 +4,7 @@
     /work/pyref/bin/python tools/bench_diffusers.py --models DIR --size 256 --steps 4 \
         --num-images 1 --guidance 3 --out DIR2 --threads 2 [--embedding E.npy] [--seed 1]
 
-DIR is a models folder (DESIGN.md §3; e.g. made with `make_fixtures.py --full-size --out X`, then
+DIR is a models folder (RECIPE.md "Models folder"; e.g. made with `make_fixtures.py --full-size --out X`, then
 DIR = X/models; X itself is accepted too). Everything counts from process start: imports, loading
 the UNet (safetensors), the encoder (torch pickle), the VAE and the scheduler config, encoding the
 identity (--embedding, or a random 512-d vector), the

@@ -23,12 +23,12 @@ pixels of the upright photo (EXIF orientation applied). It compares with DIR/ref
 Pairs where both scores are below 0.6 are matched and shown but not held to the tolerances.
 
 The tight crop without --det-size may be answered either as insightface does at 640 (nothing) or as
-insightface does at 320 (a retry at a smaller detector size, DESIGN.md section 6); both are accepted
+insightface does at 320 (a retry at a smaller detector size, RECIPE.md "Face analysis"); both are accepted
 and the table says which one matched.
 
 --fresh-seed N regenerates the fixture into a temporary folder with tools/make_face_fixtures.py
 --seed N (models the tests never saw) and checks against that instead of --fixture.
---self-test replaces the Rust binary by an independent Python implementation of DESIGN.md section 6
+--self-test replaces the Rust binary by an independent Python implementation of RECIPE.md "Face analysis"
 (PIL decoding, float bilinear resize and warp, numpy Umeyama, its own decode and NMS; only ONNX
 Runtime is shared), run through the same subprocess/JSON path; --noise A adds uniform integer
 noise in [-A, A] to its decoded pixels; --cv2-primitives makes it decode, resize and warp with
@@ -420,7 +420,7 @@ def emulate_cli(argv):
 
     faces = detect(args.det_size or 640)
     if not faces and args.det_size is None:
-        faces = detect(320)  # retry for tight crops (DESIGN.md section 6)
+        faces = detect(320)  # retry for tight crops (RECIPE.md "Face analysis")
     out = []
     for score, box, kps in faces:
         m = _emu_umeyama(kps, ARCFACE_DST)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generate the face-analysis reference fixtures for Arc2Face Studio (DESIGN.md section 6).
+"""Generate the face-analysis reference fixtures for Arc2Face Studio (RECIPE.md "Face analysis").
 
     /work/pyref/bin/python tools/make_face_fixtures.py --out tests/fixtures/faces [--seed N]
 
@@ -473,7 +473,7 @@ def main():
         write_json(os.path.join(out, "reference", stem + ".json"), faces)
         case = dict(photo=name, det_size=None, reference=stem + ".json")
         if name == "tight_crop.jpg":
-            # a CLI that retries at a smaller detector size when nothing is found (DESIGN.md section 6)
+            # a CLI that retries at a smaller detector size when nothing is found (RECIPE.md "Face analysis")
             case["alt_references"] = ["tight_crop_det320.json"]
         cases.append(dict(case, default_det_size=DET_SIZE,
                           image_wh=[img.shape[1], img.shape[0]], letterbox_wh=[nw, nh], det_scale=det_scale,

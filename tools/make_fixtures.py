@@ -3,9 +3,9 @@
 
     /work/pyref/bin/python tools/make_fixtures.py --out DIR [--seed N] [--variant a|b] [--full-size]
 
-Writes DIR/models/ (laid out like the real models folder, DESIGN.md §3) with randomly
+Writes DIR/models/ (laid out like the real models folder, RECIPE.md "Models folder") with randomly
 initialised tiny models, and DIR/reference/*.npy computed with diffusers/transformers on CPU in
-float32 (DESIGN.md §4, §5). `--out tests/fixtures/tiny` (the default for variant a) regenerates the
+float32 (RECIPE.md "Identity encoder", "Sampling"). `--out tests/fixtures/tiny` (the default for variant a) regenerates the
 committed fixture. Variant b is a differently shaped model for the unseen-model check
 (tools/check_generate.py); never commit it. `--full-size` writes SD1.5-sized random models for
 benchmarks and no reference outputs.
@@ -281,11 +281,11 @@ class AttnStats:
         return out
 
 
-# ----------------------------------------------------------------------------- DESIGN §5 re-implementation (f64)
+# ----------------------------------------------------------------------------- RECIPE.md "Sampling" re-implementation (f64)
 
 
 def design_schedule(n):
-    """Timesteps and sigmas per DESIGN §5, in float64 (numpy round = half to even)."""
+    """Timesteps and sigmas per RECIPE.md "Sampling", in float64 (numpy round = half to even)."""
     betas = np.linspace(math.sqrt(0.00085), math.sqrt(0.012), 1000, dtype=np.float64) ** 2
     ac = np.cumprod(1.0 - betas)
     ts = np.round(np.linspace(0, 999, n + 1))[::-1][:-1].astype(np.int64)
@@ -294,7 +294,7 @@ def design_schedule(n):
 
 
 def design_dpmpp(x, n, eps_fn):
-    """DPM-Solver++ 2M as written in DESIGN §5; x float64 torch tensor; eps_fn(x, t) -> eps."""
+    """DPM-Solver++ 2M as RECIPE.md "Sampling" writes it; x float64 torch tensor; eps_fn(x, t) -> eps."""
     ts, sig = design_schedule(n)
     alpha = 1.0 / np.sqrt(sig**2 + 1.0)
     s = sig * alpha
@@ -465,7 +465,7 @@ def main():
         sched_info[n] = dict(timesteps=s.timesteps.tolist(), sigma_rel_err_vs_f64=rel_err(s.sigmas.numpy(), sig))
     log("scheduler timesteps  6:", sched_info[6]["timesteps"], " 25:", sched_info[25]["timesteps"][:3], "...",
         sched_info[25]["timesteps"][-2:])
-    log("diffusers sigmas (float32, f32 cumprod) vs f64 DESIGN formula, max rel err:",
+    log("diffusers sigmas (float32, f32 cumprod) vs f64 recipe formula, max rel err:",
         max(v["sigma_rel_err_vs_f64"] for v in sched_info.values()))
     save("scheduler_alphas_cumprod", rc.make_scheduler().alphas_cumprod)
 
@@ -490,7 +490,7 @@ def main():
         xd = design_dpmpp(torch.from_numpy(x_tr.copy()).double(), n,
                           lambda xx, t: torch.sin(xx) * 0.5 + t / 1000.0)
         trace_err[n] = rel_err(x, xd)
-    log("scheduler trace: diffusers f32 vs DESIGN f64 re-implementation, rel err:",
+    log("scheduler trace: diffusers f32 vs the recipe's f64 re-implementation, rel err:",
         {k: f"{v:.2e}" for k, v in trace_err.items()})
 
     # ---- 2. noise
@@ -599,7 +599,7 @@ def main():
         la = save(f"gen_{name}_latents", latents_out)
         save(f"gen_{name}_images", imgs, np.uint8)
         clamped = float(((raw < -1) | (raw > 1)).float().mean())
-        # independent f64 re-implementation (DESIGN §5 formulas + double-precision models)
+        # independent f64 re-implementation (the recipe's formulas + double-precision models)
         u64, e_c, e_u = unet64, cond.double(), uncond.double()
         if latents is not None:
             x0 = torch.from_numpy(latents.copy()).double()
@@ -621,7 +621,7 @@ def main():
         err64 = rel_err(la, x64)
         log(f"gen {name}: steps {steps} guidance {guidance} timesteps {seen}; latents std {la.std():.3f} "
             f"max|.| {np.abs(la).max():.2f}; decoded std {raw.std():.3f}, clamped {clamped:.1%}; "
-            f"image mean {imgs.mean():.1f}; rel err vs f64 DESIGN loop {err64:.2e}")
+            f"image mean {imgs.mean():.1f}; rel err vs f64 recipe loop {err64:.2e}")
         return dict(steps=steps, guidance=guidance, seed=seed_, noise="gen_noise.npy" if latents is not None else
                     f"per-image generator manual_seed(seed + i); noise saved as gen_{name}_noise.npy",
                     num_images=2, size=size, latent_size=lat, timesteps=seen,

@@ -1,7 +1,7 @@
 """Shared pieces of the Python reference stack (diffusers + transformers) for Arc2Face Studio.
 
 Used by make_fixtures.py, check_generate.py and bench_diffusers.py. Everything here follows
-DESIGN.md sections 3-5: the models folder layout, the identity encoder recipe and the
+RECIPE.md ("Models folder", "Identity encoder", "Sampling"): the models folder layout, the identity encoder recipe and the
 DPM-Solver++ scheduler built from SD1.5's PNDM config.
 """
 
@@ -26,7 +26,7 @@ PNDM_SCHEDULER_CONFIG = {
     "clip_sample": False,
 }
 
-# DESIGN §4: fixed prompts, no tokenizer.
+# RECIPE.md "Identity encoder": fixed prompts, no tokenizer.
 # "photo of a id person" -> [49406, 1125, 539, 320, 1014, 2533, 49407] + 70 x 49407
 COND_IDS = [49406, 1125, 539, 320, 1014, 2533, 49407] + [49407] * 70
 UNCOND_IDS = [49406] + [49407] * 76
@@ -88,7 +88,7 @@ def id_row(id_vec, hidden, dtype=torch.float32):
 
 @torch.no_grad()
 def encode_identity(model, id_vec):
-    """Arc2Face conditional embedding (1, 77, hidden), DESIGN §4."""
+    """Arc2Face conditional embedding (1, 77, hidden), RECIPE.md "Identity encoder"."""
     tm = text_transformer(model)
     emb = tm.embeddings.token_embedding
     dtype = emb.weight.dtype
@@ -139,7 +139,7 @@ def find_models_dir(path):
 
 
 def load_models(models_dir):
-    """Load UNet, encoder, VAE and scheduler from a DESIGN §3 models folder, all float32 on CPU."""
+    """Load UNet, encoder, VAE and scheduler from a models folder (RECIPE.md "Models folder"), all float32 on CPU."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
@@ -176,7 +176,7 @@ def make_pipeline(unet, encoder, vae, scheduler):
 
 @torch.no_grad()
 def decode_images(vae, latents):
-    """VAE decode of final latents -> (raw decoder output, uint8 NHWC), DESIGN §5."""
+    """VAE decode of final latents -> (raw decoder output, uint8 NHWC), RECIPE.md "Sampling"."""
     raw = vae.decode(latents / vae.config.scaling_factor).sample
     img = ((raw / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
     return raw, img.permute(0, 2, 3, 1).contiguous().numpy()

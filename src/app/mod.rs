@@ -2,24 +2,27 @@
 //! return `Action`s, `apply` changes the state and sends commands to the worker thread, and
 //! `drain_events` folds the worker's events back in, a few milliseconds' worth per frame.
 
+mod actions;
 mod models_task;
 mod panels;
 pub mod state;
 mod thumbnails;
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use egui::{ColorImage, TextureOptions};
 use image::RgbImage;
 
-use crate::engine::JobOutcome;
+use crate::engine::{ErrorKind, JobOutcome};
 use crate::gallery::history::{Gallery, SortOrder};
-use crate::gallery::metadata::{self, GenerationMetadata};
+use crate::gallery::metadata;
 use crate::models::hub::HubConfig;
 use crate::models::{self, ModelsDir};
-use crate::worker::{Command, Event, GenerationRequest, Worker};
+use crate::worker::{Command, Event, JobError, Worker};
+pub use actions::{Action, GalleryAction, JobAction, ModelsAction, PhotoAction};
+use actions::notify_error;
 use models_task::{ModelsState, ModelsTask};
 use state::*;
 use thumbnails::ThumbnailLoader;
@@ -27,54 +30,6 @@ use thumbnails::ThumbnailLoader;
 const SETTINGS_KEY: &str = "arc2face-settings";
 /// How long one frame may spend folding in worker events.
 const EVENT_BUDGET: Duration = Duration::from_millis(8);
-
-/// Everything a user can do, from buttons, menus and shortcuts alike.
-#[derive(Debug, Clone)]
-pub enum Action {
-    OpenPhoto(PathBuf),
-    BrowsePhoto,
-    SelectFace(usize),
-    /// Keep the selected face and combine it with faces of further photos into one identity.
-    KeepFace,
-    ClearKeptFaces,
-    /// Restore the settings (and, when it is a recent photo, the face) an exported image was
-    /// made with.
-    RestoreFrom {
-        path: PathBuf,
-        metadata: Box<GenerationMetadata>,
-    },
-    Generate,
-    CancelRunning,
-    RemoveQueued(u64),
-    MoveQueuedUp(u64),
-    MoveQueuedDown(u64),
-    UseSeedOf(u64),
-    NewSeed,
-    SelectEntry {
-        id: u64,
-        extend: bool,
-        toggle: bool,
-    },
-    SelectAll,
-    ClearSelection,
-    OpenEntry(Option<u64>),
-    CompareSelected,
-    ToggleFavourite(u64),
-    DeleteSelected,
-    UndoDelete,
-    BrowseExport,
-    ExportTo(PathBuf),
-    SetSort(SortOrder),
-    BrowseModels,
-    SetModelsDir(PathBuf),
-    ShowModelsWindow(bool),
-    /// Fetch these files of the models folder; none means every missing one.
-    DownloadModels(Vec<&'static str>),
-    VerifyModels,
-    CancelModelsTask,
-    DismissNotice(usize),
-    UpdateSettings(Box<Settings>),
-}
 
 pub struct StudioApp {
     pub state: AppState,
@@ -146,7 +101,8 @@ impl StudioApp {
                 models_dir,
                 photo: None,
                 analyzing: None,
-                pending_face: None,
+                pending_faces: VecDeque::new(),
+                runtime_in_use: None,
                 kept_faces: Vec::new(),
                 queue: VecDeque::new(),
                 running: None,
@@ -173,243 +129,9 @@ impl StudioApp {
             ctx,
         };
         for photo in photos {
-            app.apply(Action::OpenPhoto(photo));
+            app.apply(PhotoAction::Open(photo));
         }
         app
-    }
-
-    pub fn apply(&mut self, action: Action) {
-        let state = &mut self.state;
-        match action {
-            Action::OpenPhoto(path) => {
-                state.analyzing = Some(path.clone());
-                state.settings.recent_photos.retain(|p| p != &path);
-                state.settings.recent_photos.insert(0, path.clone());
-                state.settings.recent_photos.truncate(MAX_RECENT_PHOTOS);
-                self.worker.send(Command::AnalyzePhoto { path });
-            }
-            Action::BrowsePhoto => {
-                let picked = rfd::FileDialog::new().add_filter("Photos", &["jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff"]).pick_file();
-                if let Some(path) = picked {
-                    self.apply(Action::OpenPhoto(path));
-                }
-            }
-            Action::SelectFace(index) => {
-                if let Some(photo) = &mut state.photo {
-                    photo.selected_face = Some(index);
-                }
-            }
-            Action::KeepFace => {
-                if let Some(photo) = &state.photo
-                    && let Some(index) = photo.selected_face
-                {
-                    let source = crate::face::identity_source(&photo.path, index);
-                    if !state.kept_faces.iter().any(|kept| kept.source == source) {
-                        state.kept_faces.push(KeptFace { source, embedding: photo.faces[index].embedding.clone() });
-                    }
-                }
-            }
-            Action::ClearKeptFaces => state.kept_faces.clear(),
-            Action::RestoreFrom { path, metadata } => {
-                state.settings.steps = metadata.steps;
-                state.settings.guidance = metadata.guidance;
-                if let Some(seed) = metadata.seed {
-                    state.settings.seed = seed;
-                    state.settings.seed_locked = true;
-                }
-                let seed = metadata.seed.map_or("none".into(), |s| s.to_string());
-                let mut text = format!(
-                    "Settings restored from {}: seed {seed}, {} steps, guidance {:.1}",
-                    file_name(&path),
-                    metadata.steps,
-                    metadata.guidance
-                );
-                let source = crate::face::parse_identity_source(&metadata.identity_source);
-                let photo = source.and_then(|(name, face)| {
-                    let recent = state.settings.recent_photos.iter().find(|p| p.file_name().is_some_and(|n| n.to_string_lossy() == name));
-                    recent.map(|p| (p.clone(), face))
-                });
-                match photo {
-                    Some((photo, face)) => {
-                        state.pending_face = Some((photo.clone(), face));
-                        self.apply(Action::OpenPhoto(photo));
-                    }
-                    None => {
-                        text.push_str(&format!("; its identity came from {}: open that photo to make it again", metadata.identity_source))
-                    }
-                }
-                self.state.notices.push(Notice { text, is_error: false });
-            }
-            Action::Generate => self.queue_generation(),
-            Action::CancelRunning => {
-                if let Some(running) = &mut state.running {
-                    running.cancelling = true;
-                    self.worker.cancel(running.request.job_id);
-                }
-            }
-            Action::RemoveQueued(job_id) => state.queue.retain(|job| job.job_id != job_id),
-            Action::MoveQueuedUp(job_id) => {
-                if let Some(i) = state.queue.iter().position(|job| job.job_id == job_id).filter(|&i| i > 0) {
-                    state.queue.swap(i, i - 1);
-                }
-            }
-            Action::MoveQueuedDown(job_id) => {
-                if let Some(i) = state.queue.iter().position(|job| job.job_id == job_id).filter(|&i| i + 1 < state.queue.len()) {
-                    state.queue.swap(i, i + 1);
-                }
-            }
-            Action::UseSeedOf(id) => {
-                if let Some(seed) = state.gallery.gallery.get(id).and_then(|e| e.metadata.seed) {
-                    state.settings.seed = seed;
-                    state.settings.seed_locked = true;
-                }
-            }
-            Action::NewSeed => state.settings.seed = crate::engine::random_seed(),
-            Action::SelectEntry { id, extend, toggle } => select_entry(&mut state.gallery, id, extend, toggle),
-            Action::SelectAll => {
-                state.gallery.selection = state.gallery.gallery.entries().iter().map(|e| e.id).collect();
-            }
-            Action::ClearSelection => state.gallery.selection.clear(),
-            Action::OpenEntry(id) => {
-                state.gallery.opened = id;
-                state.gallery.comparing = None;
-            }
-            Action::CompareSelected => {
-                let mut selected = state.gallery.selection.iter().copied();
-                if let (Some(a), Some(b)) = (selected.next(), selected.next()) {
-                    state.gallery.comparing = Some((a, b));
-                    state.gallery.opened = None;
-                }
-            }
-            Action::ToggleFavourite(id) => {
-                let favourite = state.gallery.gallery.get(id).is_some_and(|e| !e.favourite);
-                if let Err(e) = state.gallery.gallery.set_favourite(id, favourite) {
-                    notify_error(state, e.to_string());
-                }
-            }
-            Action::DeleteSelected => {
-                let ids: Vec<u64> = state.gallery.selection.iter().copied().collect();
-                if !ids.is_empty() {
-                    match state.gallery.gallery.remove(&ids) {
-                        Ok(removed) => {
-                            state.gallery.last_removed = Some(removed);
-                            state.gallery.selection.clear();
-                            state.gallery.opened = None;
-                            state.gallery.comparing = None;
-                            state
-                                .notices
-                                .push(Notice { text: format!("Deleted {} image(s) — Undo with Ctrl+Z", ids.len()), is_error: false });
-                        }
-                        Err(e) => notify_error(state, e.to_string()),
-                    }
-                }
-            }
-            Action::UndoDelete => {
-                if let Some(removed) = state.gallery.last_removed.take()
-                    && let Err(e) = state.gallery.gallery.undo_remove(removed)
-                {
-                    notify_error(state, e.to_string());
-                }
-            }
-            Action::BrowseExport => {
-                if let Some(dir) = rfd::FileDialog::new().pick_folder() {
-                    self.apply(Action::ExportTo(dir));
-                }
-            }
-            Action::ExportTo(dir) => {
-                let ids: Vec<u64> = state.gallery.selection.iter().copied().collect();
-                match state.gallery.gallery.export(&ids, &dir) {
-                    Ok(paths) => state
-                        .notices
-                        .push(Notice { text: format!("Exported {} image(s) to {}", paths.len(), dir.display()), is_error: false }),
-                    Err(e) => notify_error(state, e.to_string()),
-                }
-            }
-            Action::SetSort(order) => state.gallery.sort = order,
-            Action::BrowseModels => {
-                if let Some(dir) = rfd::FileDialog::new().pick_folder() {
-                    self.apply(Action::SetModelsDir(dir));
-                }
-            }
-            Action::SetModelsDir(dir) => {
-                if let Some(task) = &state.models.task {
-                    task.cancel();
-                }
-                state.models.refresh(&ModelsDir::new(&dir));
-                state.settings.models_dir = Some(dir.clone());
-                state.models_dir = dir.clone();
-                self.worker.send(Command::UnloadModels { models_dir: dir });
-            }
-            Action::ShowModelsWindow(open) => {
-                state.models.window_open = open;
-                if open && state.models.task.is_none() {
-                    state.models.refresh(&ModelsDir::new(&state.models_dir));
-                }
-            }
-            Action::DownloadModels(only) => {
-                let files: Vec<_> =
-                    state.models.downloadable().into_iter().filter(|f| only.is_empty() || only.contains(&f.relative_path)).collect();
-                let runtime = state.models.runtime_to_fetch().filter(|_| only.is_empty() || only.contains(&models_task::RUNTIME_ROW));
-                if state.models.task.is_none() && (!files.is_empty() || runtime.is_some()) {
-                    let wake = self.ctx.clone();
-                    let models = ModelsDir::new(&state.models_dir);
-                    state.models.task =
-                        Some(ModelsTask::download(models, files, runtime, self.hub.clone(), move || wake.request_repaint()));
-                }
-            }
-            Action::VerifyModels => {
-                if state.models.task.is_none() {
-                    let wake = self.ctx.clone();
-                    state.models.task = Some(ModelsTask::verify(ModelsDir::new(&state.models_dir), move || wake.request_repaint()));
-                }
-            }
-            Action::CancelModelsTask => {
-                if let Some(task) = &state.models.task {
-                    task.cancel();
-                }
-            }
-            Action::UpdateSettings(settings) => state.settings = *settings,
-            Action::DismissNotice(index) => {
-                if index < state.notices.len() {
-                    state.notices.remove(index);
-                }
-            }
-        }
-    }
-
-    fn queue_generation(&mut self) {
-        let state = &mut self.state;
-        let Some(photo) = &state.photo else {
-            notify_error(state, "Open a photo with a face first".into());
-            return;
-        };
-        let Some(face_index) = photo.selected_face else {
-            notify_error(state, "No face is selected: pick one on the photo".into());
-            return;
-        };
-        if !state.settings.seed_locked {
-            state.settings.seed = crate::engine::random_seed();
-        }
-        let selected = crate::face::identity_source(&photo.path, face_index);
-        let mut embeddings: Vec<Vec<f32>> = state.kept_faces.iter().map(|kept| kept.embedding.clone()).collect();
-        let mut sources: Vec<String> = state.kept_faces.iter().map(|kept| kept.source.clone()).collect();
-        if !sources.contains(&selected) {
-            embeddings.push(photo.faces[face_index].embedding.clone());
-            sources.push(selected);
-        }
-        let request = GenerationRequest {
-            job_id: state.next_job_id,
-            identity: crate::face::mean_identity(&embeddings),
-            identity_source: sources.join(", "),
-            num_images: state.settings.num_images,
-            steps: state.settings.steps,
-            guidance: state.settings.guidance,
-            seed: state.settings.seed,
-            gallery_dir: state.gallery.gallery.dir().to_path_buf(),
-        };
-        state.next_job_id += 1;
-        state.queue.push_back(request);
-        self.start_next_job();
     }
 
     fn start_next_job(&mut self) {
@@ -417,7 +139,11 @@ impl StudioApp {
             return;
         }
         if let Some(request) = self.state.queue.pop_front() {
-            self.worker.send(Command::Generate(request.clone()));
+            if !self.worker.send(Command::Generate(request.clone())) {
+                // The worker is gone (it never is: it catches panics) or swamped: keep the job.
+                self.state.queue.push_front(request);
+                return;
+            }
             self.state.running = Some(RunningJob {
                 request,
                 started: Instant::now(),
@@ -446,6 +172,7 @@ impl StudioApp {
                 if models.missing_required().is_empty() {
                     // Anything that failed to load before the download loads afresh.
                     self.worker.send(Command::UnloadModels { models_dir: self.state.models_dir.clone() });
+                    self.state.runtime_in_use = None;
                 }
             }
         }
@@ -460,22 +187,38 @@ impl StudioApp {
                     state.analyzing = None;
                 }
                 if faces.is_empty() {
-                    notify_error(state, format!("No face found in {}: try a photo with more margin around the face", file_name(&path)));
+                    notify_error(state, format!("No face found in {}: try a photo with more margin around the face", crate::file_name(&path)));
                 }
-                let restored = state.pending_face.take_if(|(pending, _)| pending == &path).map(|(_, face)| face);
-                let selected_face = restored.filter(|&face| face < faces.len()).or_else(|| crate::face::largest_face(&faces));
+                // Restoring an identity: select its face, and keep it when more photos follow.
+                let restored = match state.pending_faces.front() {
+                    Some((pending, face)) if pending == &path => Some(*face).filter(|&face| face < faces.len()),
+                    _ => None,
+                };
+                let selected_face = restored.or_else(|| crate::face::largest_face(&faces));
                 let size = [photo.width() as usize, photo.height() as usize];
                 let texture = self.ctx.load_texture(format!("photo:{}", path.display()), color_image(&photo), TextureOptions::LINEAR);
                 state.photo = Some(PhotoState { path, texture, size, faces, selected_face });
+                if restored.is_some() {
+                    state.pending_faces.pop_front();
+                    if !state.pending_faces.is_empty() {
+                        self.apply(PhotoAction::KeepFace);
+                        self.open_next_pending_photo();
+                    }
+                }
             }
             Event::PhotoFailed { path, message } => {
                 state.busy = None;
+                state.pending_faces.clear();
                 if state.analyzing.as_ref() == Some(&path) {
                     state.analyzing = None;
                 }
                 notify_error(state, message);
             }
             Event::Busy { what } => state.busy = Some(what),
+            Event::ModelsLoaded { runtime } => {
+                state.busy = None;
+                state.runtime_in_use = Some(runtime);
+            }
             Event::Progress { job_id, image_index, step, steps, preview } => {
                 state.busy = None;
                 if let Some(running) = state.running.as_mut().filter(|r| r.request.job_id == job_id) {
@@ -519,12 +262,12 @@ impl StudioApp {
                 }
                 self.start_next_job();
             }
-            Event::JobFailed { job_id, message } => {
+            Event::JobFailed { job_id, error } => {
                 if state.running.as_ref().is_some_and(|r| r.request.job_id == job_id) {
                     state.running = None;
                 }
                 state.busy = None;
-                notify_error(state, message);
+                notify_error(state, failure_text(&error));
                 self.start_next_job();
             }
         }
@@ -557,19 +300,19 @@ impl StudioApp {
                 .then(|| metadata::read_metadata(&path).ok().flatten())
                 .flatten();
             match made_here {
-                Some(metadata) => self.apply(Action::RestoreFrom { path, metadata: Box::new(metadata) }),
-                None => self.apply(Action::OpenPhoto(path)),
+                Some(metadata) => self.apply(PhotoAction::RestoreFrom { path, metadata: Box::new(metadata) }),
+                None => self.apply(PhotoAction::Open(path)),
             }
         }
         use egui::{Key, KeyboardShortcut, Modifiers};
-        let shortcuts = [
-            (KeyboardShortcut::new(Modifiers::COMMAND, Key::Enter), Action::Generate),
-            (KeyboardShortcut::new(Modifiers::COMMAND, Key::O), Action::BrowsePhoto),
-            (KeyboardShortcut::new(Modifiers::COMMAND, Key::E), Action::BrowseExport),
-            (KeyboardShortcut::new(Modifiers::COMMAND, Key::A), Action::SelectAll),
-            (KeyboardShortcut::new(Modifiers::COMMAND, Key::Z), Action::UndoDelete),
-            (KeyboardShortcut::new(Modifiers::NONE, Key::Delete), Action::DeleteSelected),
-            (KeyboardShortcut::new(Modifiers::NONE, Key::Escape), Action::CancelRunning),
+        let shortcuts: [(KeyboardShortcut, Action); 7] = [
+            (KeyboardShortcut::new(Modifiers::COMMAND, Key::Enter), JobAction::Generate.into()),
+            (KeyboardShortcut::new(Modifiers::COMMAND, Key::O), PhotoAction::Browse.into()),
+            (KeyboardShortcut::new(Modifiers::COMMAND, Key::E), GalleryAction::BrowseExport.into()),
+            (KeyboardShortcut::new(Modifiers::COMMAND, Key::A), GalleryAction::SelectAll.into()),
+            (KeyboardShortcut::new(Modifiers::COMMAND, Key::Z), GalleryAction::UndoDelete.into()),
+            (KeyboardShortcut::new(Modifiers::NONE, Key::Delete), GalleryAction::DeleteSelected.into()),
+            (KeyboardShortcut::new(Modifiers::NONE, Key::Escape), JobAction::CancelRunning.into()),
         ];
         for (shortcut, action) in shortcuts {
             if ctx.input_mut(|i| i.consume_shortcut(&shortcut)) {
@@ -580,9 +323,9 @@ impl StudioApp {
             if ctx.input(|i| i.key_pressed(key) && !i.modifiers.any())
                 && let Some(id) = self.neighbour_entry(step)
             {
-                self.apply(Action::SelectEntry { id, extend: false, toggle: false });
+                self.apply(GalleryAction::Select { id, extend: false, toggle: false });
                 if self.state.gallery.opened.is_some() {
-                    self.apply(Action::OpenEntry(Some(id)));
+                    self.apply(GalleryAction::Open(Some(id)));
                 }
             }
         }
@@ -619,32 +362,19 @@ impl eframe::App for StudioApp {
     }
 }
 
-fn select_entry(gallery: &mut GalleryState, id: u64, extend: bool, toggle: bool) {
-    if extend && let Some(anchor) = gallery.anchor {
-        let order: Vec<u64> = gallery.gallery.sorted(gallery.sort).iter().map(|e| e.id).collect();
-        if let (Some(a), Some(b)) = (order.iter().position(|&x| x == anchor), order.iter().position(|&x| x == id)) {
-            gallery.selection.extend(&order[a.min(b)..=a.max(b)]);
-            return;
-        }
-    }
-    if toggle {
-        if !gallery.selection.remove(&id) {
-            gallery.selection.insert(id);
-        }
-    } else {
-        gallery.selection = BTreeSet::from([id]);
-    }
-    gallery.anchor = Some(id);
-}
-
-fn notify_error(state: &mut AppState, text: String) {
-    state.notices.push(Notice { text, is_error: true });
+/// A failed job's message with what the user can do about it.
+fn failure_text(error: &JobError) -> String {
+    let hint = match error.kind {
+        ErrorKind::MissingFile => " — open Models… to get the missing file",
+        ErrorKind::CorruptFile => " — open Models… and Check files: a damaged file can be downloaded again",
+        ErrorKind::OutOfMemory => " — try a smaller image size, fewer images, or f16 precision",
+        ErrorKind::Unsupported => " — choose another device or precision in the settings",
+        ErrorKind::Output => " — free some disk space, or check that the gallery folder can be written",
+        ErrorKind::BadInput | ErrorKind::Internal => "",
+    };
+    format!("Generation failed: {}{hint}", error.message)
 }
 
 pub fn color_image(image: &RgbImage) -> ColorImage {
     ColorImage::from_rgb([image.width() as usize, image.height() as usize], image.as_raw())
-}
-
-fn file_name(path: &Path) -> String {
-    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }

@@ -2,7 +2,7 @@
 
 use egui::{Align2, Color32, FontId, Pos2, Rect, RichText, Sense, Stroke, Ui, Vec2};
 
-use super::Action;
+use super::{Action, GalleryAction, JobAction, ModelsAction, PhotoAction};
 use super::state::*;
 use crate::gallery::history::SortOrder;
 
@@ -38,7 +38,7 @@ fn models_window(ctx: &egui::Context, state: &AppState, actions: &mut Vec<Action
         ui.horizontal(|ui| {
             ui.label(format!("Folder: {}", state.models_dir.display()));
             if ui.add_enabled(models.task.is_none(), egui::Button::new("Change folder…")).clicked() {
-                actions.push(Action::BrowseModels);
+                actions.push(ModelsAction::Browse.into());
             }
         });
         // Above the list, so that they stay in view however long it is.
@@ -50,17 +50,17 @@ fn models_window(ctx: &egui::Context, state: &AppState, actions: &mut Vec<Action
                     // A check reads each file once and cannot be stopped halfway; a download can.
                     ui.label(if task.verifying { "Checking files…" } else { "Downloading…" });
                     if !task.verifying && ui.button("Cancel").clicked() {
-                        actions.push(Action::CancelModelsTask);
+                        actions.push(ModelsAction::CancelTask.into());
                     }
                 }
                 None => {
                     let label = format!("Download ({missing})");
                     let hint = "Missing and wrong files, from the Hugging Face Hub or its local cache; resumable, checksum-verified";
                     if ui.add_enabled(missing > 0, egui::Button::new(label)).on_hover_text(hint).clicked() {
-                        actions.push(Action::DownloadModels(Vec::new()));
+                        actions.push(ModelsAction::Download(Vec::new()).into());
                     }
                     if ui.button("Check files").on_hover_text("Open every file as the app would and compare it with its download checksum").clicked() {
-                        actions.push(Action::VerifyModels);
+                        actions.push(ModelsAction::Verify.into());
                     }
                 }
             }
@@ -106,7 +106,7 @@ fn models_window(ctx: &egui::Context, state: &AppState, actions: &mut Vec<Action
                 ui.label(file.licence);
                 let failed = transfer.is_some_and(|t| t.failed);
                 if failed && models.task.is_none() && ui.button("Retry").clicked() {
-                    actions.push(Action::DownloadModels(vec![file.relative_path]));
+                    actions.push(ModelsAction::Download(vec![file.relative_path]).into());
                 }
                 if !failed {
                     ui.label("");
@@ -124,7 +124,7 @@ fn models_window(ctx: &egui::Context, state: &AppState, actions: &mut Vec<Action
                 ui.horizontal(|ui| {
                     ui.colored_label(ERROR, format!("ONNX Runtime: {}", t.note.as_deref().unwrap_or_default()));
                     if models.task.is_none() && ui.button("Retry").clicked() {
-                        actions.push(Action::DownloadModels(vec![super::models_task::RUNTIME_ROW]));
+                        actions.push(ModelsAction::Download(vec![super::models_task::RUNTIME_ROW]).into());
                     }
                 });
             }
@@ -139,7 +139,7 @@ fn models_window(ctx: &egui::Context, state: &AppState, actions: &mut Vec<Action
         ui.small("insightface's models and the Expression Adapter are for non-commercial use; check each licence before using results commercially.");
     });
     if !open {
-        actions.push(Action::ShowModelsWindow(false));
+        actions.push(ModelsAction::ShowWindow(false).into());
     }
 }
 
@@ -164,7 +164,7 @@ fn short_duration(seconds: f64) -> String {
 fn top_bar(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
     ui.horizontal(|ui| {
         if ui.button("Open photo…").on_hover_text("Ctrl+O, or drop a photo on the window").clicked() {
-            actions.push(Action::BrowsePhoto);
+            actions.push(PhotoAction::Browse.into());
         }
         ui.menu_button("Recent", |ui| {
             if state.settings.recent_photos.is_empty() {
@@ -172,13 +172,13 @@ fn top_bar(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
             }
             for path in &state.settings.recent_photos {
                 if ui.button(path.display().to_string()).clicked() {
-                    actions.push(Action::OpenPhoto(path.clone()));
+                    actions.push(PhotoAction::Open(path.clone()).into());
                 }
             }
         });
         ui.separator();
         if ui.button("Models…").on_hover_text(state.models_dir.display().to_string()).clicked() {
-            actions.push(Action::ShowModelsWindow(true));
+            actions.push(ModelsAction::ShowWindow(true).into());
         }
         if let Some(what) = &state.busy {
             ui.separator();
@@ -191,7 +191,7 @@ fn top_bar(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
         ui.horizontal_wrapped(|ui| {
             ui.colored_label(WARNING, format!("Model files missing in {}: {}.", state.models_dir.display(), missing.join(", ")));
             if ui.button("Get the models…").clicked() {
-                actions.push(Action::ShowModelsWindow(true));
+                actions.push(ModelsAction::ShowWindow(true).into());
             }
         });
     }
@@ -213,7 +213,7 @@ fn photo(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
         ui.horizontal(|ui| {
             ui.spinner();
             // The file name only: a long path would widen the panel for good.
-            ui.label(format!("Finding faces in {}…", super::file_name(path))).on_hover_text(path.display().to_string());
+            ui.label(format!("Finding faces in {}…", crate::file_name(path))).on_hover_text(path.display().to_string());
         });
     }
     let Some(photo) = &state.photo else {
@@ -246,10 +246,10 @@ fn photo(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
             })
             .min_by(|&a, &b| photo.faces[a].area().total_cmp(&photo.faces[b].area()));
         if let Some(index) = hit {
-            actions.push(Action::SelectFace(index));
+            actions.push(PhotoAction::SelectFace(index).into());
         }
     }
-    ui.label(super::file_name(&photo.path)).on_hover_text(photo.path.display().to_string());
+    ui.label(crate::file_name(&photo.path)).on_hover_text(photo.path.display().to_string());
     if photo.faces.is_empty() {
         ui.colored_label(Color32::from_rgb(235, 90, 90), "No face found. Try a photo with more margin around the face.");
         return;
@@ -260,7 +260,7 @@ fn photo(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
             let label = format!("Face {}", index + 1);
             let button = ui.selectable_label(photo.selected_face == Some(index), label);
             if button.on_hover_text(format!("detector score {:.2}", face.score)).clicked() {
-                actions.push(Action::SelectFace(index));
+                actions.push(PhotoAction::SelectFace(index).into());
             }
         }
     });
@@ -273,13 +273,13 @@ fn identity(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
     ui.horizontal_wrapped(|ui| {
         let hint = "Keep this face, then open another photo of the same person: the identity combines them";
         if ui.button("Keep face, add another photo").on_hover_text(hint).clicked() {
-            actions.push(Action::KeepFace);
+            actions.push(PhotoAction::KeepFace.into());
         }
         if !state.kept_faces.is_empty() {
-            let sources: Vec<&str> = state.kept_faces.iter().map(|kept| kept.source.as_str()).collect();
-            ui.label(format!("Identity combines {} and the selected face", sources.join(", ")));
+            let faces = crate::engine::IdentitySource::Faces { faces: state.kept_faces.iter().map(|kept| kept.face.clone()).collect() };
+            ui.label(format!("Identity combines {faces} and the selected face"));
             if ui.small_button("Clear").on_hover_text("Use only the selected face").clicked() {
-                actions.push(Action::ClearKeptFaces);
+                actions.push(PhotoAction::ClearKeptFaces.into());
             }
         }
     });
@@ -287,38 +287,89 @@ fn identity(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
 
 fn settings(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
     ui.heading("Settings");
-    // Sliders edit a copy; a changed value comes back as an action.
+    // The widgets edit a copy; a changed copy comes back as one action.
     let mut settings = state.settings.clone();
-    ui.add(egui::Slider::new(&mut settings.steps, 1..=100).text("Steps"));
-    ui.add(egui::Slider::new(&mut settings.guidance, 1.0..=10.0).fixed_decimals(1).text("Guidance"));
-    ui.add(egui::Slider::new(&mut settings.num_images, 1..=8).text("Images"));
+    let spec = &mut settings.spec;
+    ui.add(egui::Slider::new(&mut spec.steps, 1..=100).text("Steps"));
+    ui.add(egui::Slider::new(&mut spec.guidance, 1.0..=10.0).fixed_decimals(1).text("Guidance"));
+    ui.add(egui::Slider::new(&mut spec.num_images, 1..=8).text("Images"));
     ui.horizontal(|ui| {
         let label = ui.label("Seed");
-        ui.add(egui::DragValue::new(&mut settings.seed).range(0..=u32::MAX as u64)).labelled_by(label.id);
+        ui.add(egui::DragValue::new(spec.seed.get_or_insert(0)).range(0..=u32::MAX as u64)).labelled_by(label.id);
         ui.checkbox(&mut settings.seed_locked, "Lock").on_hover_text("Keep this seed; otherwise each Generate draws a new one");
         if ui.button("New seed").on_hover_text("Draw a new random seed").clicked() {
-            actions.push(Action::NewSeed);
+            actions.push(JobAction::NewSeed.into());
         }
     });
-    if settings.steps != state.settings.steps
-        || settings.guidance != state.settings.guidance
-        || settings.num_images != state.settings.num_images
-        || settings.seed != state.settings.seed
-        || settings.seed_locked != state.settings.seed_locked
-    {
+    egui::CollapsingHeader::new("Image size and device").id_salt("runtime").show(ui, |ui| runtime_settings(ui, state, &mut settings));
+    if settings != state.settings {
         actions.push(Action::UpdateSettings(Box::new(settings)));
     }
     ui.horizontal(|ui| {
         let can_generate = state.photo.as_ref().is_some_and(|p| p.selected_face.is_some());
         let generate = ui.add_enabled(can_generate, egui::Button::new(RichText::new("Generate").strong()));
         if generate.on_hover_text("Ctrl+Enter").clicked() {
-            actions.push(Action::Generate);
+            actions.push(JobAction::Generate.into());
         }
         let cancellable = state.running.as_ref().is_some_and(|r| !r.cancelling);
         if ui.add_enabled(cancellable, egui::Button::new("Cancel")).on_hover_text("Esc").clicked() {
-            actions.push(Action::CancelRunning);
+            actions.push(JobAction::CancelRunning.into());
         }
     });
+}
+
+/// Image size, device and precision, and what the loaded models run on.
+fn runtime_settings(ui: &mut Ui, state: &AppState, settings: &mut Settings) {
+    use crate::engine::{DeviceChoice, Precision, runtime::CUDA_BUILD};
+    let spec = &mut settings.spec;
+    egui::ComboBox::from_label("Size")
+        .selected_text(spec.size.map_or("Model's own (512)".to_string(), |s| format!("{s} × {s}")))
+        .show_ui(ui, |ui| {
+            ui.selectable_value(&mut spec.size, None, "Model's own (512)");
+            for side in [256, 384, 512, 640, 768, 1024] {
+                ui.selectable_value(&mut spec.size, Some(side), format!("{side} × {side}"));
+            }
+        })
+        .response
+        .on_hover_text("Arc2Face was trained at 512 × 512: other sizes work, with less consistent faces");
+    ui.horizontal(|ui| {
+        egui::ComboBox::from_label("Device").selected_text(device_label(spec.runtime.device)).show_ui(ui, |ui| {
+            ui.selectable_value(&mut spec.runtime.device, DeviceChoice::Auto, device_label(DeviceChoice::Auto));
+            ui.selectable_value(&mut spec.runtime.device, DeviceChoice::Cpu, device_label(DeviceChoice::Cpu));
+            ui.add_enabled_ui(CUDA_BUILD, |ui| {
+                ui.selectable_value(&mut spec.runtime.device, DeviceChoice::Cuda(0), device_label(DeviceChoice::Cuda(0)))
+                    .on_disabled_hover_text("This build has no CUDA support");
+            });
+        });
+        egui::ComboBox::from_label("Precision").selected_text(precision_label(spec.runtime.precision)).show_ui(ui, |ui| {
+            for precision in [Precision::Auto, Precision::F32, Precision::F16, Precision::Bf16] {
+                ui.selectable_value(&mut spec.runtime.precision, precision, precision_label(precision));
+            }
+        });
+    });
+    match &state.runtime_in_use {
+        Some(runtime) => ui.small(format!("Models loaded on {runtime}")),
+        None => ui.small("Models load with the first generation"),
+    };
+}
+
+fn device_label(device: crate::engine::DeviceChoice) -> String {
+    use crate::engine::DeviceChoice;
+    match device {
+        DeviceChoice::Auto => "Auto".into(),
+        DeviceChoice::Cpu => "CPU".into(),
+        DeviceChoice::Cuda(n) => format!("CUDA {n}"),
+    }
+}
+
+fn precision_label(precision: crate::engine::Precision) -> &'static str {
+    use crate::engine::Precision;
+    match precision {
+        Precision::Auto => "Auto",
+        Precision::F32 => "f32",
+        Precision::F16 => "f16 (half the memory)",
+        Precision::Bf16 => "bf16 (GPU only)",
+    }
 }
 
 fn queue(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
@@ -328,15 +379,16 @@ fn queue(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
     ui.label(format!("Queued ({})", state.queue.len()));
     for (position, job) in state.queue.iter().enumerate() {
         ui.horizontal(|ui| {
-            ui.label(format!("{} image(s), {} steps, seed {}", job.num_images, job.steps, job.seed));
+            let seed = job.spec.seed.map_or("—".to_string(), |s| s.to_string());
+            ui.label(format!("{} image(s), {} steps, seed {seed}", job.spec.num_images, job.spec.steps));
             if position > 0 && ui.small_button("Up").on_hover_text("Run earlier").clicked() {
-                actions.push(Action::MoveQueuedUp(job.job_id));
+                actions.push(JobAction::MoveQueuedUp(job.job_id).into());
             }
             if position + 1 < state.queue.len() && ui.small_button("Down").on_hover_text("Run later").clicked() {
-                actions.push(Action::MoveQueuedDown(job.job_id));
+                actions.push(JobAction::MoveQueuedDown(job.job_id).into());
             }
             if ui.small_button("Remove").on_hover_text("Remove from the queue").clicked() {
-                actions.push(Action::RemoveQueued(job.job_id));
+                actions.push(JobAction::RemoveQueued(job.job_id).into());
             }
         });
     }
@@ -349,7 +401,7 @@ fn central(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
         ui.horizontal(|ui| {
             ui.heading("Compare");
             if ui.button("Close").clicked() {
-                actions.push(Action::OpenEntry(None));
+                actions.push(GalleryAction::Open(None).into());
             }
         });
         ui.columns(2, |columns| {
@@ -362,10 +414,10 @@ fn central(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
         ui.horizontal(|ui| {
             ui.heading("Image");
             if ui.button("Close").clicked() {
-                actions.push(Action::OpenEntry(None));
+                actions.push(GalleryAction::Open(None).into());
             }
             if ui.button("Use this image's seed").clicked() {
-                actions.push(Action::UseSeedOf(id));
+                actions.push(JobAction::UseSeedOf(id).into());
             }
         });
         large_entry(ui, state, id);
@@ -374,13 +426,13 @@ fn central(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
     match &state.running {
         Some(running) => {
             let request = &running.request;
-            ui.heading(format!("Generating image {} of {}", running.image_index + 1, request.num_images));
-            let total = (request.num_images * request.steps).max(1);
+            ui.heading(format!("Generating image {} of {}", running.image_index + 1, request.spec.num_images));
+            let total = (request.spec.num_images * request.spec.steps).max(1);
             let eta = running.seconds_left().map(|s| format!(", about {} left", short_duration(s))).unwrap_or_default();
             ui.add(egui::ProgressBar::new(running.steps_done as f32 / total as f32).text(format!(
                 "step {}/{} · {:.2} it/s{eta}",
                 running.step,
-                running.steps.max(request.steps),
+                running.steps.max(request.spec.steps),
                 running.iterations_per_second()
             )));
             if running.cancelling {
@@ -409,7 +461,7 @@ fn large_entry(ui: &mut Ui, state: &AppState, id: u64) {
 }
 
 fn entry_caption(entry: &crate::gallery::history::GalleryEntry) -> String {
-    let seed = entry.metadata.seed.map_or("—".to_string(), |s| s.to_string());
+    let seed = entry.metadata.spec.seed.map_or("—".to_string(), |s| s.to_string());
     let matched = entry.identity_match.map_or(String::new(), |m| format!(" · match {m:.2}"));
     format!("seed {seed}{matched}")
 }
@@ -423,24 +475,24 @@ fn gallery(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
         ui.separator();
         for (label, order) in [("Newest", SortOrder::Newest), ("Oldest", SortOrder::Oldest), ("Best match", SortOrder::BestMatch)] {
             if ui.selectable_label(gallery.sort == order, label).clicked() {
-                actions.push(Action::SetSort(order));
+                actions.push(GalleryAction::SetSort(order).into());
             }
         }
         ui.separator();
         if ui.button("Select all").clicked() {
-            actions.push(Action::SelectAll);
+            actions.push(GalleryAction::SelectAll.into());
         }
         if ui.add_enabled(selected == 2, egui::Button::new("Compare")).clicked() {
-            actions.push(Action::CompareSelected);
+            actions.push(GalleryAction::CompareSelected.into());
         }
         if ui.add_enabled(selected > 0, egui::Button::new("Export…")).on_hover_text("Ctrl+E").clicked() {
-            actions.push(Action::BrowseExport);
+            actions.push(GalleryAction::BrowseExport.into());
         }
         if ui.add_enabled(selected > 0, egui::Button::new("Delete")).on_hover_text("Delete key").clicked() {
-            actions.push(Action::DeleteSelected);
+            actions.push(GalleryAction::DeleteSelected.into());
         }
         if ui.add_enabled(gallery.last_removed.is_some(), egui::Button::new("Undo delete")).clicked() {
-            actions.push(Action::UndoDelete);
+            actions.push(GalleryAction::UndoDelete.into());
         }
     });
     egui::ScrollArea::vertical().show(ui, |ui| {
@@ -457,15 +509,15 @@ fn gallery(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
                     };
                     let response = response.on_hover_text("Click to select (Shift/Ctrl to extend), double-click to open");
                     if response.double_clicked() {
-                        actions.push(Action::OpenEntry(Some(id)));
+                        actions.push(GalleryAction::Open(Some(id)).into());
                     } else if response.clicked() {
                         let modifiers = ui.input(|i| i.modifiers);
-                        actions.push(Action::SelectEntry { id, extend: modifiers.shift, toggle: modifiers.command });
+                        actions.push(GalleryAction::Select { id, extend: modifiers.shift, toggle: modifiers.command }.into());
                     }
                     ui.horizontal(|ui| {
                         ui.label(entry_caption(entry));
                         if ui.selectable_label(entry.favourite, "Fav").on_hover_text("Favourite").clicked() {
-                            actions.push(Action::ToggleFavourite(id));
+                            actions.push(GalleryAction::ToggleFavourite(id).into());
                         }
                     });
                 });

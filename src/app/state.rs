@@ -8,20 +8,19 @@ use egui::TextureHandle;
 use serde::{Deserialize, Serialize};
 
 use super::models_task::ModelsState;
+use crate::engine::{FaceRef, GenerationSpec};
 use crate::face::Face;
 use crate::gallery::history::{Gallery, Removed, SortOrder};
 use crate::worker::GenerationRequest;
 
 /// What persists across runs (eframe storage). Every field has a default, so a settings file
 /// from an older version never breaks start-up.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Settings {
-    pub steps: usize,
-    pub guidance: f64,
-    pub num_images: usize,
-    pub seed: u64,
-    /// Keep `seed` for the next generation instead of drawing a new one.
+    /// The next job's settings; Generate fills in the identity (and a new seed unless locked).
+    pub spec: GenerationSpec,
+    /// Keep the seed for the next generation instead of drawing a new one.
     pub seed_locked: bool,
     pub models_dir: Option<PathBuf>,
     pub recent_photos: Vec<PathBuf>,
@@ -29,7 +28,12 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { steps: 25, guidance: 3.0, num_images: 4, seed: 0, seed_locked: false, models_dir: None, recent_photos: Vec::new() }
+        Self {
+            spec: GenerationSpec { seed: Some(0), ..Default::default() },
+            seed_locked: false,
+            models_dir: None,
+            recent_photos: Vec::new(),
+        }
     }
 }
 
@@ -47,8 +51,7 @@ pub struct PhotoState {
 /// A face kept for the identity while further photos of the same person are opened; the
 /// identity generated is the mean of the kept faces and the face selected now.
 pub struct KeptFace {
-    /// "photo.jpg (face 0)", as the metadata records it.
-    pub source: String,
+    pub face: FaceRef,
     pub embedding: Vec<f32>,
 }
 
@@ -71,7 +74,7 @@ impl RunningJob {
     }
 
     pub fn seconds_left(&self) -> Option<f64> {
-        let total = self.request.num_images * self.request.steps;
+        let total = self.request.spec.num_images * self.request.spec.steps;
         let rate = self.iterations_per_second();
         (self.steps_done > 0 && rate > 0.0).then(|| (total - self.steps_done) as f64 / rate)
     }
@@ -105,14 +108,16 @@ pub struct AppState {
     pub photo: Option<PhotoState>,
     /// A photo sent to the worker and not yet analysed.
     pub analyzing: Option<PathBuf>,
-    /// The face to select when this photo's faces arrive (restoring an image's settings).
-    pub pending_face: Option<(PathBuf, usize)>,
+    /// Photos to open and faces to select, in turn, to restore an image's identity.
+    pub pending_faces: VecDeque<(PathBuf, usize)>,
     pub kept_faces: Vec<KeptFace>,
     pub queue: VecDeque<GenerationRequest>,
     pub running: Option<RunningJob>,
     pub next_job_id: u64,
     /// What the worker said it is busy with (loading models).
     pub busy: Option<String>,
+    /// What the loaded generation models run on ("CPU, f32"), once loaded.
+    pub runtime_in_use: Option<String>,
     pub notices: Vec<Notice>,
     pub gallery: GalleryState,
 }

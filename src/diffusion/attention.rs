@@ -4,11 +4,12 @@
 //!
 //! Forked from candle-transformers' `stable_diffusion::attention` because its GEGLU uses the
 //! tanh approximation of GELU where diffusers uses the exact (erf) one, a difference that shows
-//! at 1e-4 in the final latents. The cross-attention is also where the Expression Adapter's
-//! decoupled attention will attach (DESIGN.md §8).
+//! at 1e-4 in the final latents.
 
 use candle_core::{D, DType, Module, Result, Tensor};
 use candle_nn::{Conv2d, GroupNorm, LayerNorm, Linear, VarBuilder};
+
+use super::unet::Conditioning;
 
 struct Attention {
     to_q: Linear,
@@ -92,10 +93,10 @@ impl TransformerBlock {
         })
     }
 
-    fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
+    fn forward(&self, xs: &Tensor, conditioning: &Conditioning) -> Result<Tensor> {
         let normed = self.norm1.forward(xs)?;
         let xs = (self.self_attention.forward(&normed, &normed)? + xs)?;
-        let xs = (self.cross_attention.forward(&self.norm2.forward(&xs)?, context)? + xs)?;
+        let xs = (self.cross_attention.forward(&self.norm2.forward(&xs)?, conditioning.context)? + xs)?;
         self.feed_forward.forward(&self.norm3.forward(&xs)?)? + xs
     }
 }
@@ -145,8 +146,8 @@ impl SpatialTransformer {
         })
     }
 
-    /// `xs` `(B, C, H, W)`, `context` `(B, 77, context_dim)`.
-    pub fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
+    /// `xs` `(B, C, H, W)`; the conditioning's context `(B, 77, context_dim)`.
+    pub fn forward(&self, xs: &Tensor, conditioning: &Conditioning) -> Result<Tensor> {
         let (batch, channels, height, width) = xs.dims4()?;
         let to_tokens = |t: Tensor| t.permute((0, 2, 3, 1))?.reshape((batch, height * width, channels));
         let to_image = |t: Tensor| t.reshape((batch, height, width, channels))?.permute((0, 3, 1, 2))?.contiguous();
@@ -156,7 +157,7 @@ impl SpatialTransformer {
             Projection::Linear(linear) => linear.forward(&to_tokens(normed)?)?,
         };
         for block in &self.blocks {
-            tokens = block.forward(&tokens, context)?;
+            tokens = block.forward(&tokens, conditioning)?;
         }
         let out = match &self.proj_out {
             Projection::Conv(conv) => conv.forward(&to_image(tokens)?)?,

@@ -1,5 +1,5 @@
 //! The Arc2Face ID encoder: a CLIP text transformer whose input is token embeddings, so that the
-//! ArcFace vector can take the place of the `id` token (DESIGN.md §4).
+//! ArcFace vector can take the place of the `id` token (RECIPE.md, "Identity encoder").
 //!
 //! Forked from candle-transformers' `stable_diffusion::clip` because that model only takes token
 //! ids and keeps its layers private. Weights load from the transformers checkpoint's `text_model.*`

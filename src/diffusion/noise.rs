@@ -1,5 +1,5 @@
 //! Initial noise identical to `torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed))`
-//! for float32 tensors of 16 values or more (DESIGN.md §10), so that a seed means the same image
+//! for float32 tensors of 16 values or more (RECIPE.md, "Sampling"), so that a seed means the same image
 //! here as in diffusers with a CPU generator, on every device.
 //!
 //! torch draws one 24-bit uniform per value from mt19937, then turns each block of 16 into normals

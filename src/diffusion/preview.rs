@@ -1,5 +1,5 @@
 //! Cheap live previews: a linear map from SD1.5's four latent channels to RGB, applied to the
-//! predicted clean latents at each step (DESIGN.md §5). Far cheaper than a VAE decode, and good
+//! predicted clean latents at each step (RECIPE.md, "Sampling"). Far cheaper than a VAE decode, and good
 //! enough to watch an image form.
 
 use candle_core::{DType, Result, Tensor};

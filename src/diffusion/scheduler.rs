@@ -1,5 +1,5 @@
 //! DPM-Solver++ 2M, exactly as diffusers' `DPMSolverMultistepScheduler` builds it from SD1.5's
-//! PNDM config (DESIGN.md §5): `algorithm_type=dpmsolver++`, `solver_order=2`,
+//! PNDM config (RECIPE.md, "Sampling"): `algorithm_type=dpmsolver++`, `solver_order=2`,
 //! `solver_type=midpoint`, linspace timestep spacing, `lower_order_final`, a final sigma of zero
 //! and epsilon prediction.
 //!

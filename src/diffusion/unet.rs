@@ -4,15 +4,16 @@
 //! are reused; the blocks and transformers are forked in `unet_blocks` and `attention`) because:
 //! - the sinusoidal timestep embedding is computed in f32 and cast afterwards, as diffusers does;
 //!   candle's computes it in the model dtype, which in f16 is off by up to 0.3 at t = 999;
-//! - the skip connections are gathered in one visible place (`forward`), where the pose
-//!   ControlNet's residuals will be added (DESIGN.md §7).
+//! - its down path (input convolution, down blocks, mid block) is a part of its own that the pose
+//!   ControlNet reuses, and the skips it hands to the up path are gathered in one visible place;
+//! - everything that conditions a call travels as one `Conditioning` value.
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2d, GroupNorm, VarBuilder};
 use candle_transformers::models::stable_diffusion::embeddings::{TimestepEmbedding, Timesteps};
 use serde::Deserialize;
 
-use super::unet_blocks::{Attention, BlockSettings, DownBlock, MidBlock, UpBlock};
+use super::unet_blocks::{BlockSettings, DownBlock, MidBlock, Transformers, UpBlock};
 
 /// A per-block setting that diffusers configs give either once or for each block.
 #[derive(Debug, Clone, Deserialize)]
@@ -38,19 +39,16 @@ impl PerBlock {
     }
 }
 
-/// The fields of a diffusers `UNet2DConditionModel` config that SD1.5-style UNets use, with
-/// diffusers' defaults. Options that change the architecture in ways this model does not
-/// implement are read so that `validate` can refuse them by name.
+/// The fields the UNet and a ControlNet share — their time embedding, input convolution, down
+/// blocks and mid block — with diffusers' defaults and names, so that one struct reads both
+/// `UNet2DConditionModel` and `ControlNetModel` configs. Options that change the architecture
+/// in ways these models do not implement are read so that `validate` can refuse them by name.
 #[derive(Debug, Clone, Deserialize)]
-pub struct UNetConfig {
+pub struct DownPathConfig {
     #[serde(default = "four")]
     pub in_channels: usize,
-    #[serde(default = "four")]
-    pub out_channels: usize,
-    pub sample_size: usize,
     pub block_out_channels: Vec<usize>,
     pub down_block_types: Vec<String>,
-    pub up_block_types: Vec<String>,
     #[serde(default = "two")]
     pub layers_per_block: usize,
     /// In SD1.5 configs this is the number of heads, not their size (a diffusers quirk).
@@ -76,8 +74,6 @@ pub struct UNetConfig {
     #[serde(default = "one_f64")]
     pub mid_block_scale_factor: f64,
     #[serde(default)]
-    pub center_input_sample: bool,
-    #[serde(default)]
     pub use_linear_projection: bool,
     #[serde(default = "silu")]
     pub act_fn: String,
@@ -92,11 +88,24 @@ pub struct UNetConfig {
     #[serde(default)]
     pub encoder_hid_dim: Option<serde_json::Value>,
     #[serde(default)]
-    pub dual_cross_attention: bool,
-    #[serde(default)]
     pub only_cross_attention: serde_json::Value,
     #[serde(default)]
     pub resnet_time_scale_shift: Option<String>,
+}
+
+/// A diffusers `UNet2DConditionModel` config: the shared down path plus the up path.
+#[derive(Debug, Clone, Deserialize)]
+pub struct UNetConfig {
+    #[serde(flatten)]
+    pub down: DownPathConfig,
+    #[serde(default = "four")]
+    pub out_channels: usize,
+    pub sample_size: usize,
+    pub up_block_types: Vec<String>,
+    #[serde(default)]
+    pub center_input_sample: bool,
+    #[serde(default)]
+    pub dual_cross_attention: bool,
 }
 
 fn four() -> usize {
@@ -133,7 +142,7 @@ fn silu() -> String {
     "silu".into()
 }
 
-impl UNetConfig {
+impl DownPathConfig {
     /// The number of attention heads of each block.
     fn heads(&self) -> &PerBlock {
         self.num_attention_heads.as_ref().unwrap_or(&self.attention_head_dim)
@@ -143,27 +152,37 @@ impl UNetConfig {
         self.down_block_types[block] == "CrossAttnDownBlock2D"
     }
 
-    /// Says what is wrong when this UNet cannot be built from the config.
+    /// The spatial transformers of block `block`, if it has any.
+    fn transformers(&self, block: usize) -> Option<Transformers> {
+        self.has_cross_attention(block)
+            .then(|| Transformers { heads: self.heads().get(block), depth: self.transformer_layers_per_block.get(block) })
+    }
+
+    fn block_settings(&self) -> BlockSettings {
+        BlockSettings {
+            time_embed_dim: self.time_embed_dim(),
+            norm_num_groups: self.norm_num_groups,
+            norm_eps: self.norm_eps,
+            cross_attention_dim: self.cross_attention_dim,
+            use_linear_projection: self.use_linear_projection,
+        }
+    }
+
+    fn time_embed_dim(&self) -> usize {
+        self.block_out_channels[0] * 4
+    }
+
+    /// Says what is wrong when the down path cannot be built from the config.
     pub fn validate(&self) -> std::result::Result<(), String> {
         let n = self.block_out_channels.len();
-        if n == 0 || self.down_block_types.len() != n || self.up_block_types.len() != n {
+        if n == 0 || self.down_block_types.len() != n {
             return Err(format!(
-                "block_out_channels, down_block_types and up_block_types must have the same, \
-                 non-zero length (got {}, {}, {})",
-                n,
-                self.down_block_types.len(),
-                self.up_block_types.len()
+                "block_out_channels and down_block_types must have the same, non-zero length (got {n}, {})",
+                self.down_block_types.len()
             ));
         }
-        for (i, kind) in self.down_block_types.iter().enumerate() {
-            let mirrored = match kind.as_str() {
-                "CrossAttnDownBlock2D" => "CrossAttnUpBlock2D",
-                "DownBlock2D" => "UpBlock2D",
-                other => return Err(format!("down block type {other:?} is not supported")),
-            };
-            if self.up_block_types[n - 1 - i] != mirrored {
-                return Err(format!("up_block_types must mirror down_block_types ({:?} expected at up block {})", mirrored, n - 1 - i));
-            }
+        if let Some(other) = self.down_block_types.iter().find(|kind| !matches!(kind.as_str(), "CrossAttnDownBlock2D" | "DownBlock2D")) {
+            return Err(format!("down block type {other:?} is not supported"));
         }
         if !self.heads().len_matches(n) || !self.transformer_layers_per_block.len_matches(n) {
             return Err("per-block attention settings must have one value per block".into());
@@ -181,28 +200,143 @@ impl UNetConfig {
             ("addition_embed_type", self.addition_embed_type.as_ref().is_some_and(|v| !v.is_null())),
             ("time_cond_proj_dim", self.time_cond_proj_dim.as_ref().is_some_and(|v| !v.is_null())),
             ("encoder_hid_dim", self.encoder_hid_dim.as_ref().is_some_and(|v| !v.is_null())),
-            ("dual_cross_attention", self.dual_cross_attention),
             ("only_cross_attention", self.only_cross_attention.as_bool().unwrap_or(false)),
             ("resnet_time_scale_shift", self.resnet_time_scale_shift.as_deref().is_some_and(|s| s != "default")),
         ];
         match unsupported.iter().find(|(_, set)| *set) {
-            Some((name, _)) => Err(format!("{name} is set to a value this UNet does not support")),
+            Some((name, _)) => Err(format!("{name} is set to a value this model does not support")),
             None => Ok(()),
         }
+    }
+}
+
+impl UNetConfig {
+    pub fn in_channels(&self) -> usize {
+        self.down.in_channels
+    }
+
+    pub fn cross_attention_dim(&self) -> usize {
+        self.down.cross_attention_dim
+    }
+
+    /// Says what is wrong when this UNet cannot be built from the config.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        self.down.validate()?;
+        let n = self.down.block_out_channels.len();
+        if self.up_block_types.len() != n {
+            return Err(format!("up_block_types must have one entry per down block ({n}), got {}", self.up_block_types.len()));
+        }
+        for (i, kind) in self.down.down_block_types.iter().enumerate() {
+            let mirrored = if kind == "CrossAttnDownBlock2D" { "CrossAttnUpBlock2D" } else { "UpBlock2D" };
+            if self.up_block_types[n - 1 - i] != mirrored {
+                return Err(format!("up_block_types must mirror down_block_types ({:?} expected at up block {})", mirrored, n - 1 - i));
+            }
+        }
+        if self.dual_cross_attention {
+            return Err("dual_cross_attention is set to a value this model does not support".into());
+        }
+        Ok(())
     }
 
     /// Latent sizes must halve cleanly at every down block.
     pub fn latent_multiple(&self) -> usize {
-        1 << (self.block_out_channels.len() - 1)
+        1 << (self.down.block_out_channels.len() - 1)
+    }
+}
+
+/// What conditions one UNet call besides the sample and the timestep.
+pub struct Conditioning<'a> {
+    /// The cross-attention context `(B, 77, cross_attention_dim)`.
+    pub context: &'a Tensor,
+}
+
+/// The sinusoidal timestep embedding and its MLP. The sinusoid is computed in f32 and cast to
+/// the model dtype afterwards, as diffusers does.
+pub struct TimeEmbedding {
+    sinusoid: Timesteps,
+    mlp: TimestepEmbedding,
+}
+
+impl TimeEmbedding {
+    pub fn new(vb: VarBuilder, config: &DownPathConfig) -> Result<Self> {
+        let channels = config.block_out_channels[0];
+        Ok(Self {
+            sinusoid: Timesteps::new(channels, config.flip_sin_to_cos, config.freq_shift),
+            mlp: TimestepEmbedding::new(vb.pp("time_embedding"), channels, config.time_embed_dim())?,
+        })
+    }
+
+    /// The embedding of `timestep` for a batch of `like`'s size, in `like`'s dtype.
+    pub fn forward(&self, timestep: f64, like: &Tensor) -> Result<Tensor> {
+        let timesteps = Tensor::full(timestep as f32, like.dim(0)?, like.device())?;
+        self.mlp.forward(&self.sinusoid.forward(&timesteps)?.to_dtype(like.dtype())?)
+    }
+}
+
+/// The input convolution, the down blocks and the mid block: the half of the UNet that a
+/// ControlNet copies.
+pub struct DownPath {
+    conv_in: Conv2d,
+    down_blocks: Vec<DownBlock>,
+    mid_block: MidBlock,
+}
+
+/// What the down path hands on: the mid block's output and every skip, in the order the up
+/// blocks consume them in reverse.
+pub struct DownPathOutput {
+    pub mid: Tensor,
+    pub skips: Vec<Tensor>,
+}
+
+impl DownPath {
+    /// Builds from the weights at the checkpoint's root and a validated config.
+    pub fn new(vb: VarBuilder, config: &DownPathConfig) -> Result<Self> {
+        let channels = &config.block_out_channels;
+        let n = channels.len();
+        let settings = config.block_settings();
+        let conv3 = candle_nn::Conv2dConfig { padding: 1, ..Default::default() };
+        let conv_in = candle_nn::conv2d(config.in_channels, channels[0], 3, conv3, vb.pp("conv_in"))?;
+        let down_blocks = (0..n)
+            .map(|i| {
+                let in_channels = if i == 0 { channels[0] } else { channels[i - 1] };
+                let is_last = i + 1 == n;
+                DownBlock::new(
+                    vb.pp(format!("down_blocks.{i}")),
+                    in_channels,
+                    channels[i],
+                    config.layers_per_block,
+                    config.transformers(i),
+                    (!is_last).then_some(config.downsample_padding),
+                    &settings,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mid_transformers = Transformers { heads: config.heads().get(n - 1), depth: config.transformer_layers_per_block.get(n - 1) };
+        let mid_block = MidBlock::new(vb.pp("mid_block"), channels[n - 1], mid_transformers, config.mid_block_scale_factor, &settings)?;
+        Ok(Self { conv_in, down_blocks, mid_block })
+    }
+
+    pub fn conv_in(&self, sample: &Tensor) -> Result<Tensor> {
+        self.conv_in.forward(sample)
+    }
+
+    /// Runs the down blocks and the mid block on `conv_in`'s output.
+    pub fn forward(&self, xs: Tensor, temb: &Tensor, conditioning: &Conditioning) -> Result<DownPathOutput> {
+        let mut skips = vec![xs.clone()];
+        let mut xs = xs;
+        for block in &self.down_blocks {
+            let (out, block_skips) = block.forward(&xs, temb, conditioning)?;
+            skips.extend(block_skips);
+            xs = out;
+        }
+        let mid = self.mid_block.forward(&xs, temb, conditioning)?;
+        Ok(DownPathOutput { mid, skips })
     }
 }
 
 pub struct UNet {
-    conv_in: Conv2d,
-    time_proj: Timesteps,
-    time_embedding: TimestepEmbedding,
-    down_blocks: Vec<DownBlock>,
-    mid_block: MidBlock,
+    time_embedding: TimeEmbedding,
+    down_path: DownPath,
     up_blocks: Vec<UpBlock>,
     conv_norm_out: GroupNorm,
     conv_out: Conv2d,
@@ -213,46 +347,10 @@ impl UNet {
     /// Builds the UNet from its weights (`vb` at the checkpoint's root) and a validated config.
     pub fn new(vb: VarBuilder, config: &UNetConfig) -> Result<Self> {
         config.validate().map_err(candle_core::Error::msg)?;
-        let channels = &config.block_out_channels;
+        let down = &config.down;
+        let channels = &down.block_out_channels;
         let n = channels.len();
-        let heads = config.heads();
-        let time_embed_dim = channels[0] * 4;
-        let conv3 = candle_nn::Conv2dConfig { padding: 1, ..Default::default() };
-        let conv_in = candle_nn::conv2d(config.in_channels, channels[0], 3, conv3, vb.pp("conv_in"))?;
-        let time_proj = Timesteps::new(channels[0], config.flip_sin_to_cos, config.freq_shift);
-        let time_embedding = TimestepEmbedding::new(vb.pp("time_embedding"), channels[0], time_embed_dim)?;
-
-        let settings = BlockSettings {
-            time_embed_dim,
-            norm_num_groups: config.norm_num_groups,
-            norm_eps: config.norm_eps,
-            cross_attention_dim: config.cross_attention_dim,
-            use_linear_projection: config.use_linear_projection,
-        };
-        let attention = |block: usize| {
-            config
-                .has_cross_attention(block)
-                .then(|| Attention { heads: heads.get(block), depth: config.transformer_layers_per_block.get(block) })
-        };
-
-        let down_blocks = (0..n)
-            .map(|i| {
-                let in_channels = if i == 0 { channels[0] } else { channels[i - 1] };
-                let is_last = i + 1 == n;
-                DownBlock::new(
-                    vb.pp(format!("down_blocks.{i}")),
-                    in_channels,
-                    channels[i],
-                    config.layers_per_block,
-                    attention(i),
-                    (!is_last).then_some(config.downsample_padding),
-                    &settings,
-                )
-            })
-            .collect::<Result<Vec<_>>>()?;
-
-        let mid_attention = Attention { heads: heads.get(n - 1), depth: config.transformer_layers_per_block.get(n - 1) };
-        let mid_block = MidBlock::new(vb.pp("mid_block"), channels[n - 1], mid_attention, config.mid_block_scale_factor, &settings)?;
+        let settings = down.block_settings();
 
         // Up block i mirrors down block n−1−i and consumes its skips (plus, at its last resnet,
         // the one that entered that down block).
@@ -262,65 +360,43 @@ impl UNet {
                 let out_channels = channels[mirrored];
                 let prev_output_channels = if i == 0 { channels[n - 1] } else { channels[mirrored + 1] };
                 let block_input_channels = channels[mirrored.saturating_sub(1)];
-                let mut skip_channels = vec![out_channels; config.layers_per_block + 1];
-                skip_channels[config.layers_per_block] = block_input_channels;
+                let mut skip_channels = vec![out_channels; down.layers_per_block + 1];
+                skip_channels[down.layers_per_block] = block_input_channels;
                 UpBlock::new(
                     vb.pp(format!("up_blocks.{i}")),
                     prev_output_channels,
                     out_channels,
                     &skip_channels,
-                    attention(mirrored),
+                    down.transformers(mirrored),
                     i + 1 < n,
                     &settings,
                 )
             })
             .collect::<Result<Vec<_>>>()?;
 
-        let conv_norm_out = candle_nn::group_norm(config.norm_num_groups, channels[0], config.norm_eps, vb.pp("conv_norm_out"))?;
-        let conv_out = candle_nn::conv2d(channels[0], config.out_channels, 3, conv3, vb.pp("conv_out"))?;
+        let conv3 = candle_nn::Conv2dConfig { padding: 1, ..Default::default() };
         Ok(Self {
-            conv_in,
-            time_proj,
-            time_embedding,
-            down_blocks,
-            mid_block,
+            time_embedding: TimeEmbedding::new(vb.clone(), down)?,
+            down_path: DownPath::new(vb.clone(), down)?,
             up_blocks,
-            conv_norm_out,
-            conv_out,
+            conv_norm_out: candle_nn::group_norm(down.norm_num_groups, channels[0], down.norm_eps, vb.pp("conv_norm_out"))?,
+            conv_out: candle_nn::conv2d(channels[0], config.out_channels, 3, conv3, vb.pp("conv_out"))?,
             center_input_sample: config.center_input_sample,
         })
     }
 
-    /// Predicts the noise in `sample` `(B, C, h, w)` at `timestep`, conditioned on
-    /// `encoder_hidden_states` `(B, 77, cross_attention_dim)`. Height and width must be multiples
-    /// of [`UNetConfig::latent_multiple`].
-    pub fn forward(&self, sample: &Tensor, timestep: f64, encoder_hidden_states: &Tensor) -> Result<Tensor> {
-        let batch = sample.dim(0)?;
-        let dtype = sample.dtype();
+    /// Predicts the noise in `sample` `(B, C, h, w)` at `timestep` under `conditioning`, whose
+    /// context has the same batch. Height and width must be multiples of
+    /// [`UNetConfig::latent_multiple`].
+    pub fn forward(&self, sample: &Tensor, timestep: f64, conditioning: &Conditioning) -> Result<Tensor> {
         let xs = if self.center_input_sample { ((sample * 2.0)? - 1.0)? } else { sample.clone() };
-
-        // The sinusoid in f32, then the model dtype, as diffusers does.
-        let timesteps = Tensor::full(timestep as f32, batch, sample.device())?;
-        let emb = self.time_proj.forward(&timesteps)?.to_dtype(dtype)?;
-        let emb = self.time_embedding.forward(&emb)?;
-
-        let mut xs = self.conv_in.forward(&xs)?;
-        // Every down-block output the up blocks consume, in order. A ControlNet adds its
-        // residuals here, one per skip, and one to the mid-block output.
-        let mut skips = vec![xs.clone()];
-        for block in &self.down_blocks {
-            let (out, block_skips) = block.forward(&xs, &emb, encoder_hidden_states)?;
-            skips.extend(block_skips);
-            xs = out;
-        }
-
-        let mut xs = self.mid_block.forward(&xs, &emb, encoder_hidden_states)?;
-
+        let temb = self.time_embedding.forward(timestep, &xs)?;
+        let DownPathOutput { mid, mut skips } = self.down_path.forward(self.down_path.conv_in(&xs)?, &temb, conditioning)?;
+        let mut xs = mid;
         for block in &self.up_blocks {
             let block_skips = skips.split_off(skips.len() - block.num_skips());
-            xs = block.forward(&xs, &block_skips, &emb, encoder_hidden_states)?;
+            xs = block.forward(&xs, &block_skips, &temb, conditioning)?;
         }
-
         let xs = candle_nn::ops::silu(&self.conv_norm_out.forward(&xs)?)?;
         self.conv_out.forward(&xs)
     }

@@ -10,6 +10,7 @@ use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
 use candle_transformers::models::stable_diffusion::resnet::{ResnetBlock2D, ResnetBlock2DConfig};
 
 use super::attention::{SpatialTransformer, TransformerSettings};
+use super::unet::Conditioning;
 
 /// What the blocks of one UNet share.
 #[derive(Debug, Clone, Copy)]
@@ -21,9 +22,9 @@ pub struct BlockSettings {
     pub use_linear_projection: bool,
 }
 
-/// Spatial transformers of one block: `heads` heads over `depth` layers each.
+/// The spatial transformers of one block: `heads` heads, `depth` transformer layers each.
 #[derive(Debug, Clone, Copy)]
-pub struct Attention {
+pub struct Transformers {
     pub heads: usize,
     pub depth: usize,
 }
@@ -39,11 +40,11 @@ fn resnet(vb: VarBuilder, in_channels: usize, out_channels: usize, s: &BlockSett
     ResnetBlock2D::new(vb, in_channels, config)
 }
 
-fn transformer(vb: VarBuilder, channels: usize, attention: Attention, s: &BlockSettings) -> Result<SpatialTransformer> {
+fn transformer(vb: VarBuilder, channels: usize, transformers: Transformers, s: &BlockSettings) -> Result<SpatialTransformer> {
     let settings = TransformerSettings {
         channels,
-        heads: attention.heads,
-        depth: attention.depth,
+        heads: transformers.heads,
+        depth: transformers.depth,
         norm_num_groups: s.norm_num_groups,
         context_dim: s.cross_attention_dim,
         use_linear_projection: s.use_linear_projection,
@@ -69,7 +70,7 @@ impl DownBlock {
         in_channels: usize,
         out_channels: usize,
         num_layers: usize,
-        attention: Option<Attention>,
+        transformers: Option<Transformers>,
         downsample_padding: Option<usize>,
         s: &BlockSettings,
     ) -> Result<Self> {
@@ -79,7 +80,7 @@ impl DownBlock {
                 resnet(vb.pp(format!("resnets.{i}")), in_channels, out_channels, s)
             })
             .collect::<Result<Vec<_>>>()?;
-        let attentions = attention
+        let attentions = transformers
             .map(|a| (0..num_layers).map(|i| transformer(vb.pp(format!("attentions.{i}")), out_channels, a, s)).collect())
             .transpose()?;
         let downsampler = downsample_padding.map(|padding| conv3(vb.pp("downsamplers.0"), out_channels, 2, padding)).transpose()?;
@@ -87,13 +88,13 @@ impl DownBlock {
     }
 
     /// Returns the block's output and the skips it hands to its up block.
-    pub fn forward(&self, xs: &Tensor, temb: &Tensor, context: &Tensor) -> Result<(Tensor, Vec<Tensor>)> {
+    pub fn forward(&self, xs: &Tensor, temb: &Tensor, conditioning: &Conditioning) -> Result<(Tensor, Vec<Tensor>)> {
         let mut xs = xs.clone();
         let mut skips = Vec::with_capacity(self.resnets.len() + 1);
         for (i, resnet) in self.resnets.iter().enumerate() {
             xs = resnet.forward(&xs, Some(temb))?;
             if let Some(attentions) = &self.attentions {
-                xs = attentions[i].forward(&xs, context)?;
+                xs = attentions[i].forward(&xs, conditioning)?;
             }
             skips.push(xs.clone());
         }
@@ -119,7 +120,7 @@ impl UpBlock {
         prev_output_channels: usize,
         out_channels: usize,
         skip_channels: &[usize],
-        attention: Option<Attention>,
+        transformers: Option<Transformers>,
         add_upsample: bool,
         s: &BlockSettings,
     ) -> Result<Self> {
@@ -131,7 +132,7 @@ impl UpBlock {
                 resnet(vb.pp(format!("resnets.{i}")), in_channels + skip, out_channels, s)
             })
             .collect::<Result<Vec<_>>>()?;
-        let attentions = attention
+        let attentions = transformers
             .map(|a| (0..skip_channels.len()).map(|i| transformer(vb.pp(format!("attentions.{i}")), out_channels, a, s)).collect())
             .transpose()?;
         let upsampler = if add_upsample { Some(conv3(vb.pp("upsamplers.0"), out_channels, 1, 1)?) } else { None };
@@ -144,13 +145,13 @@ impl UpBlock {
 
     /// `skips` are this block's skips in the order the down path produced them; the last is
     /// consumed first.
-    pub fn forward(&self, xs: &Tensor, skips: &[Tensor], temb: &Tensor, context: &Tensor) -> Result<Tensor> {
+    pub fn forward(&self, xs: &Tensor, skips: &[Tensor], temb: &Tensor, conditioning: &Conditioning) -> Result<Tensor> {
         let mut xs = xs.clone();
         for (i, resnet) in self.resnets.iter().enumerate() {
             xs = Tensor::cat(&[&xs, &skips[skips.len() - 1 - i]], 1)?;
             xs = resnet.forward(&xs, Some(temb))?;
             if let Some(attentions) = &self.attentions {
-                xs = attentions[i].forward(&xs, context)?;
+                xs = attentions[i].forward(&xs, conditioning)?;
             }
         }
         match &self.upsampler {
@@ -171,7 +172,7 @@ pub struct MidBlock {
 }
 
 impl MidBlock {
-    pub fn new(vb: VarBuilder, channels: usize, attention: Attention, output_scale_factor: f64, s: &BlockSettings) -> Result<Self> {
+    pub fn new(vb: VarBuilder, channels: usize, transformers: Transformers, output_scale_factor: f64, s: &BlockSettings) -> Result<Self> {
         let resnet = |vb: VarBuilder| {
             let config = ResnetBlock2DConfig {
                 out_channels: Some(channels),
@@ -185,14 +186,14 @@ impl MidBlock {
         };
         Ok(Self {
             first: resnet(vb.pp("resnets.0"))?,
-            attention: transformer(vb.pp("attentions.0"), channels, attention, s)?,
+            attention: transformer(vb.pp("attentions.0"), channels, transformers, s)?,
             second: resnet(vb.pp("resnets.1"))?,
         })
     }
 
-    pub fn forward(&self, xs: &Tensor, temb: &Tensor, context: &Tensor) -> Result<Tensor> {
+    pub fn forward(&self, xs: &Tensor, temb: &Tensor, conditioning: &Conditioning) -> Result<Tensor> {
         let xs = self.first.forward(xs, Some(temb))?;
-        let xs = self.attention.forward(&xs, context)?;
+        let xs = self.attention.forward(&xs, conditioning)?;
         self.second.forward(&xs, Some(temb))
     }
 }

@@ -4,18 +4,25 @@
 //! Reads like diffusers' pipeline: check inputs → encode the identity → set timesteps → prepare
 //! latents → denoise (a per-step callback that can cancel) → decode.
 
-use candle_core::{DType, Device, Tensor};
+pub mod runtime;
+pub mod spec;
+
+use candle_core::{DType, Tensor};
 use image::RgbImage;
 
 use crate::diffusion::id_encoder::{IdEncoder, IdEncoderConfig};
 use crate::diffusion::noise;
 use crate::diffusion::scheduler::{DpmSolverMultistep, SchedulerConfig};
-use crate::diffusion::unet::{UNet, UNetConfig};
+use crate::diffusion::unet::{Conditioning, UNet, UNetConfig};
 use crate::diffusion::vae::{self, Vae, VaeConfig};
-use crate::models::{self, ModelError, ModelsDir};
+use crate::models::{self, ModelError, ModelFile, ModelsDir, first_line};
+pub use runtime::{DeviceChoice, Precision, Runtime, RuntimeSpec};
+pub use spec::{FaceRef, GenerationSpec, IdentitySource, ImageMetadata, LoadedFile};
 
 /// The largest image side we accept: attention memory grows with the fourth power of the side.
 pub const MAX_SIZE: usize = 1024;
+/// The most images one job makes.
+pub const MAX_IMAGES: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -24,34 +31,60 @@ pub enum EngineError {
     /// A request the models cannot serve; the message says why.
     #[error("{0}")]
     Input(String),
+    /// A device or precision this machine or build cannot run; the message says what to use.
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("out of memory: {0}")]
+    OutOfMemory(String),
+    /// A finished image could not be stored (full disk, a folder that cannot be written).
+    #[error("{0}")]
+    Output(String),
     #[error("computation failed: {0}")]
-    Compute(#[from] candle_core::Error),
+    Compute(String),
 }
 
-/// Sampling settings shared by every image of a job.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct SamplingParams {
-    pub steps: usize,
-    pub guidance: f64,
-    /// Image side in pixels.
-    pub size: usize,
+impl From<candle_core::Error> for EngineError {
+    fn from(error: candle_core::Error) -> Self {
+        // candle's messages may carry a whole backtrace after the first line.
+        let message = first_line(&error.to_string());
+        if message.to_lowercase().contains("out of memory") { EngineError::OutOfMemory(message) } else { EngineError::Compute(message) }
+    }
 }
 
-/// Where a job's initial latents come from.
-pub enum InitialNoise {
-    /// Image i starts from `torch.randn` seeded with `seed + i`.
-    Seed(u64),
-    /// Given latents `(N, C, h, w)`, one row per image.
-    Latents(Tensor),
+/// What kind of trouble an error is, so that a user interface can suggest the fix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    MissingFile,
+    CorruptFile,
+    BadInput,
+    Unsupported,
+    OutOfMemory,
+    Output,
+    Internal,
 }
 
-/// A batch of images of one identity.
+impl EngineError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            EngineError::Model(ModelError::Missing { .. }) => ErrorKind::MissingFile,
+            EngineError::Model(ModelError::Invalid { .. }) => ErrorKind::CorruptFile,
+            EngineError::Input(_) => ErrorKind::BadInput,
+            EngineError::Unsupported(_) => ErrorKind::Unsupported,
+            EngineError::OutOfMemory(_) => ErrorKind::OutOfMemory,
+            EngineError::Output(_) => ErrorKind::Output,
+            EngineError::Compute(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+/// A batch of images of one identity, as the spec describes it.
 pub struct Job {
+    pub spec: GenerationSpec,
     /// A raw ArcFace vector; the pipeline L2-normalises it.
     pub identity: Vec<f32>,
-    pub num_images: usize,
-    pub params: SamplingParams,
-    pub noise: InitialNoise,
+    /// Initial latents `(N, C, h, w)`, one row per image, instead of seeded noise; the spec then
+    /// has no seed.
+    pub initial_latents: Option<Tensor>,
 }
 
 /// What the per-step callback sees.
@@ -76,11 +109,11 @@ pub enum Flow {
 
 pub struct GeneratedImage {
     pub index: usize,
-    /// The seed that regenerates this image alone; `None` when the noise was given.
-    pub seed: Option<u64>,
     pub image: RgbImage,
     /// Final latents `(1, C, h, w)` f32, before division by the VAE scaling factor.
     pub latents: Tensor,
+    /// What the image's PNG records about it.
+    pub metadata: ImageMetadata,
 }
 
 /// How a job ended when nothing failed.
@@ -89,13 +122,6 @@ pub enum JobOutcome {
     Completed,
     /// Stopped by the callback; the images finished before were delivered.
     Cancelled,
-}
-
-/// A model file the pipeline read, for the metadata written beside each image.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct LoadedFile {
-    pub path: String,
-    pub bytes: u64,
 }
 
 /// A fresh seed below 2³²: torch seeds its generator with the low 32 bits only, so larger seeds
@@ -118,73 +144,85 @@ pub struct Arc2FacePipeline {
     vae: Vae,
     vae_config: VaeConfig,
     training_sigmas: Vec<f64>,
-    device: Device,
-    dtype: DType,
+    runtime: Runtime,
+    /// Every file read, in the order it was read.
     files: Vec<LoadedFile>,
 }
 
 impl Arc2FacePipeline {
-    /// Loads every model of a generation from `models`, in `dtype` on `device`.
-    pub fn load(models: &ModelsDir, device: &Device, dtype: DType) -> Result<Self, EngineError> {
+    /// Loads every model of a generation from `models` for `runtime`.
+    pub fn load(models: &ModelsDir, runtime: &Runtime) -> Result<Self, EngineError> {
         models.check_generation_files()?;
+        let (device, dtype) = (&runtime.device, runtime.dtype);
+        let mut files = Vec::new();
+        let mut read = |file: ModelFile| -> Result<std::path::PathBuf, ModelError> {
+            let path = models.existing(file)?;
+            let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            files.push(LoadedFile { path: file.relative_path.to_string(), bytes });
+            Ok(path)
+        };
 
-        let scheduler_config: SchedulerConfig = models.read_config(models::SCHEDULER_CONFIG)?;
+        let scheduler_config: SchedulerConfig = models::read_json(&read(models::SCHEDULER_CONFIG)?)?;
         let training_sigmas =
             scheduler_config.training_sigmas().map_err(|e| ModelError::invalid(&models.path(models::SCHEDULER_CONFIG), e))?;
 
-        let encoder_config: IdEncoderConfig = models.read_config(models::ENCODER_CONFIG)?;
-        let encoder_path = models.existing(models::ENCODER_WEIGHTS)?;
+        let encoder_config: IdEncoderConfig = models::read_json(&read(models::ENCODER_CONFIG)?)?;
+        let encoder_path = read(models::ENCODER_WEIGHTS)?;
         let encoder = models::load_pickle(&encoder_path, dtype, device)
             .and_then(|vb| IdEncoder::new(vb, &encoder_config))
             .map_err(|e| ModelError::invalid(&encoder_path, e))?;
         let unconditional = encoder.encode_unconditional()?;
 
-        let unet_config: UNetConfig = models.read_config(models::UNET_CONFIG)?;
-        let unet_path = models.existing(models::UNET_WEIGHTS)?;
-        if unet_config.cross_attention_dim != encoder.hidden_size() {
+        let unet_config: UNetConfig = models::read_json(&read(models::UNET_CONFIG)?)?;
+        if unet_config.cross_attention_dim() != encoder.hidden_size() {
             return Err(ModelError::invalid(
                 &models.path(models::UNET_CONFIG),
                 format!(
                     "cross_attention_dim {} does not match the encoder's hidden_size {}",
-                    unet_config.cross_attention_dim,
+                    unet_config.cross_attention_dim(),
                     encoder.hidden_size()
                 ),
             )
             .into());
         }
+        let unet_path = read(models::UNET_WEIGHTS)?;
         let unet = models::load_safetensors(&unet_path, dtype, device)
             .and_then(|vb| UNet::new(vb, &unet_config))
             .map_err(|e| ModelError::invalid(&unet_path, e))?;
 
-        let vae_config: VaeConfig = models.read_config(models::VAE_CONFIG)?;
-        let vae_path = models.existing(models::VAE_WEIGHTS)?;
-        if vae_config.latent_channels != unet_config.in_channels || unet_config.in_channels != unet_config.out_channels {
+        let vae_config: VaeConfig = models::read_json(&read(models::VAE_CONFIG)?)?;
+        if vae_config.latent_channels != unet_config.in_channels() || unet_config.in_channels() != unet_config.out_channels {
             return Err(ModelError::invalid(
                 &models.path(models::VAE_CONFIG),
                 format!(
                     "latent_channels {} does not match the UNet's in/out channels {}/{}",
-                    vae_config.latent_channels, unet_config.in_channels, unet_config.out_channels
+                    vae_config.latent_channels,
+                    unet_config.in_channels(),
+                    unet_config.out_channels
                 ),
             )
             .into());
         }
+        let vae_path = read(models::VAE_WEIGHTS)?;
         let vae = models::load_safetensors(&vae_path, dtype, device)
             .and_then(|vb| Vae::new(vb, &vae_config))
             .map_err(|e| ModelError::invalid(&vae_path, e))?;
 
-        let files = models::GENERATION_FILES
-            .iter()
-            .map(|file| LoadedFile {
-                path: file.relative_path.to_string(),
-                bytes: std::fs::metadata(models.path(*file)).map(|m| m.len()).unwrap_or(0),
-            })
-            .collect();
-        Ok(Self { encoder, unconditional, unet, unet_config, vae, vae_config, training_sigmas, device: device.clone(), dtype, files })
+        Ok(Self { encoder, unconditional, unet, unet_config, vae, vae_config, training_sigmas, runtime: runtime.clone(), files })
+    }
+
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
     }
 
     /// The image side the UNet was trained at: `sample_size × VAE scale factor` (512 for SD1.5).
     pub fn default_size(&self) -> usize {
         self.unet_config.sample_size * self.vae_config.scale_factor()
+    }
+
+    /// The image side a spec asks for, its default resolved.
+    pub fn size_of(&self, spec: &GenerationSpec) -> usize {
+        spec.size.unwrap_or_else(|| self.default_size())
     }
 
     /// Image pixels per latent pixel.
@@ -202,6 +240,7 @@ impl Arc2FacePipeline {
         self.encoder.hidden_size()
     }
 
+    /// Every model file this pipeline read, with its size.
     pub fn files(&self) -> &[LoadedFile] {
         &self.files
     }
@@ -223,31 +262,46 @@ impl Arc2FacePipeline {
         if !norm.is_finite() || norm == 0.0 {
             return input("the identity vector is zero or not finite".into());
         }
-        let SamplingParams { steps, guidance, size } = job.params;
+        let spec = &job.spec;
         let max_steps = self.training_sigmas.len();
-        if steps == 0 || steps > max_steps {
-            return input(format!("steps must be between 1 and {max_steps}, got {steps}"));
+        if spec.steps == 0 || spec.steps > max_steps {
+            return input(format!("steps must be between 1 and {max_steps}, got {}", spec.steps));
         }
-        if !guidance.is_finite() || guidance < 0.0 {
-            return input(format!("guidance must be a finite number ≥ 0, got {guidance}"));
+        if !spec.guidance.is_finite() || !(0.0..=50.0).contains(&spec.guidance) {
+            return input(format!("guidance must be a number from 0 to 50, got {}", spec.guidance));
         }
+        let size = self.size_of(spec);
         let multiple = self.size_multiple();
-        if size == 0 || size % multiple != 0 || size > MAX_SIZE {
+        if size == 0 || !size.is_multiple_of(multiple) || size > MAX_SIZE {
             return input(format!("size must be a multiple of {multiple} between {multiple} and {MAX_SIZE}, got {size}"));
         }
-        if job.num_images == 0 {
-            return input("the number of images must be at least 1".into());
+        if spec.num_images == 0 || spec.num_images > MAX_IMAGES {
+            return input(format!("the number of images must be between 1 and {MAX_IMAGES}, got {}", spec.num_images));
         }
-        if let InitialNoise::Latents(latents) = &job.noise {
-            let (_, c, h, w) = self.latent_shape(size);
-            let expected = (job.num_images, c, h, w);
-            if latents.dims4().ok() != Some(expected) {
-                return input(format!(
-                    "the initial latents have shape {:?}; {} images of {size} px need {expected:?}",
-                    latents.dims(),
-                    job.num_images
-                ));
+        match (&job.initial_latents, spec.seed) {
+            (Some(latents), None) => {
+                let (_, c, h, w) = self.latent_shape(size);
+                let expected = (spec.num_images, c, h, w);
+                if latents.dims4().ok() != Some(expected) {
+                    return input(format!(
+                        "the initial latents have shape {:?}; {} images of {size} px need {expected:?}",
+                        latents.dims(),
+                        spec.num_images
+                    ));
+                }
+                let values = latents.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+                if values.iter().any(|v| !v.is_finite()) {
+                    return input("the initial latents hold values that are not finite".into());
+                }
             }
+            (None, Some(_)) => {
+                let (_, c, h, w) = self.latent_shape(size);
+                if c * h * w < noise::MIN_VALUES {
+                    return input(format!("{size} px is too small for seeded noise"));
+                }
+            }
+            (Some(_), Some(_)) => return input("a job starts either from a seed or from given latents, not both".into()),
+            (None, None) => return input("a job needs a seed or initial latents".into()),
         }
         Ok(())
     }
@@ -261,22 +315,40 @@ impl Arc2FacePipeline {
         on_image: &mut dyn FnMut(GeneratedImage) -> Result<(), EngineError>,
     ) -> Result<JobOutcome, EngineError> {
         self.check(job)?;
-        let context = self.prompt_embeddings(&job.identity, job.params.guidance)?;
-        for index in 0..job.num_images {
-            let (initial, seed) = match &job.noise {
-                InitialNoise::Seed(seed) => {
-                    let seed = seed.wrapping_add(index as u64);
-                    (self.seeded_latents(seed, job.params.size)?, Some(seed))
-                }
-                InitialNoise::Latents(latents) => (latents.narrow(0, index, 1)?.to_dtype(DType::F32)?.to_device(&self.device)?, None),
+        let size = self.size_of(&job.spec);
+        let context = self.prompt_embeddings(&job.identity, job.spec.guidance)?;
+        for index in 0..job.spec.num_images {
+            let spec = GenerationSpec { size: Some(size), ..job.spec.image(index) };
+            let initial = match (&job.initial_latents, spec.seed) {
+                (Some(latents), _) => latents.narrow(0, index, 1)?.to_dtype(DType::F32)?.to_device(&self.runtime.device)?,
+                (None, Some(seed)) => self.seeded_latents(seed, size)?,
+                (None, None) => unreachable!("checked above"),
             };
-            let Some(latents) = self.denoise(&context, initial, index, &job.params, on_step)? else {
+            let Some(latents) = self.denoise(&context, initial, index, &spec, on_step)? else {
                 return Ok(JobOutcome::Cancelled);
             };
             let image = self.decode(&latents)?.remove(0);
-            on_image(GeneratedImage { index, seed, image, latents })?;
+            let metadata = self.metadata(spec, index, job.spec.num_images);
+            on_image(GeneratedImage { index, image, latents, metadata })?;
         }
         Ok(JobOutcome::Completed)
+    }
+
+    /// What image `index` of `count` records about itself.
+    fn metadata(&self, spec: GenerationSpec, index: usize, count: usize) -> ImageMetadata {
+        let size = self.size_of(&spec);
+        ImageMetadata {
+            format: spec::METADATA_FORMAT,
+            app: env!("CARGO_PKG_NAME").into(),
+            app_version: env!("CARGO_PKG_VERSION").into(),
+            spec,
+            index,
+            count,
+            width: size,
+            height: size,
+            ran_on: self.runtime.describe(),
+            model_files: self.files.clone(),
+        }
     }
 
     /// The UNet's context for one image: `[unconditional, conditional]` with guidance > 1,
@@ -284,17 +356,14 @@ impl Arc2FacePipeline {
     fn prompt_embeddings(&self, identity: &[f32], guidance: f64) -> Result<Tensor, EngineError> {
         let conditional = self.encoder.encode_identity(identity)?;
         let context = if guidance > 1.0 { Tensor::cat(&[&self.unconditional, &conditional], 0)? } else { conditional };
-        Ok(context.to_dtype(self.dtype)?)
+        Ok(context.to_dtype(self.runtime.dtype)?)
     }
 
     /// torch-compatible seeded noise for one image, made on the host.
     fn seeded_latents(&self, seed: u64, size: usize) -> Result<Tensor, EngineError> {
         let shape = self.latent_shape(size);
         let n = shape.0 * shape.1 * shape.2 * shape.3;
-        if n < noise::MIN_VALUES {
-            return Err(EngineError::Input(format!("{size} px is too small for seeded noise")));
-        }
-        Ok(Tensor::from_vec(noise::torch_randn(seed, n), shape, &self.device)?)
+        Ok(Tensor::from_vec(noise::torch_randn(seed, n), shape, &self.runtime.device)?)
     }
 
     /// Denoises one image's latents `(1, C, h, w)`; `None` when the callback cancelled.
@@ -303,19 +372,21 @@ impl Arc2FacePipeline {
         context: &Tensor,
         mut latents: Tensor,
         image_index: usize,
-        params: &SamplingParams,
+        spec: &GenerationSpec,
         on_step: &mut dyn FnMut(&StepProgress) -> Flow,
     ) -> Result<Option<Tensor>, EngineError> {
         let guided = context.dim(0)? == 2;
-        let mut scheduler = DpmSolverMultistep::new(&self.training_sigmas, params.steps);
+        let dtype = self.runtime.dtype;
+        let mut scheduler = DpmSolverMultistep::new(&self.training_sigmas, spec.steps);
         let timesteps = scheduler.timesteps().to_vec();
+        let conditioning = Conditioning { context };
         for (i, &timestep) in timesteps.iter().enumerate() {
-            let model_input = latents.to_dtype(self.dtype)?;
+            let model_input = latents.to_dtype(dtype)?;
             let model_input = if guided { Tensor::cat(&[&model_input, &model_input], 0)? } else { model_input };
-            let eps = self.unet.forward(&model_input, timestep as f64, context)?.to_dtype(DType::F32)?;
+            let eps = self.unet.forward(&model_input, timestep as f64, &conditioning)?.to_dtype(DType::F32)?;
             let eps = if guided {
                 let (unconditional, conditional) = (eps.get(0)?, eps.get(1)?);
-                (&unconditional + ((conditional - &unconditional)? * params.guidance)?)?.unsqueeze(0)?
+                (&unconditional + ((conditional - &unconditional)? * spec.guidance)?)?.unsqueeze(0)?
             } else {
                 eps
             };
@@ -332,7 +403,7 @@ impl Arc2FacePipeline {
 
     /// Decodes final latents `(B, C, h, w)` to 8-bit RGB images.
     pub fn decode(&self, latents: &Tensor) -> Result<Vec<RgbImage>, EngineError> {
-        let decoded = self.vae.decode(&latents.to_dtype(self.dtype)?)?;
+        let decoded = self.vae.decode(&latents.to_dtype(self.runtime.dtype)?)?;
         Ok(vae::to_rgb_images(&decoded)?)
     }
 }

@@ -1,4 +1,4 @@
-//! Face analysis with ONNX Runtime, reproducing insightface as Arc2Face uses it (DESIGN.md §6):
+//! Face analysis with ONNX Runtime, reproducing insightface as Arc2Face uses it (RECIPE.md, "Face analysis"):
 //! SCRFD finds every face with five keypoints; each face is aligned to the ArcFace template and
 //! embedded by Arc2Face's own `arcface.onnx`.
 
@@ -58,18 +58,6 @@ impl Face {
     }
 }
 
-/// How metadata names an identity taken from a photo: its file name and the face's number.
-pub fn identity_source(photo: &Path, face: usize) -> String {
-    let name = photo.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    format!("{name} (face {face})")
-}
-
-/// The photo's file name and face index of one `identity_source` text, if it names one face.
-pub fn parse_identity_source(source: &str) -> Option<(&str, usize)> {
-    let (name, rest) = source.rsplit_once(" (face ")?;
-    Some((name, rest.strip_suffix(')')?.parse().ok()?))
-}
-
 /// The index of the largest face, the one picked when the user does not choose.
 pub fn largest_face(faces: &[Face]) -> Option<usize> {
     (0..faces.len()).max_by(|&a, &b| faces[a].area().total_cmp(&faces[b].area()))
@@ -86,6 +74,15 @@ pub fn mean_identity(embeddings: &[Vec<f32>]) -> Vec<f32> {
     }
     let norm = sum.iter().map(|v| v * v).sum::<f32>().sqrt().max(f32::MIN_POSITIVE);
     sum.iter().map(|v| v / norm).collect()
+}
+
+/// The length of the identity vectors the models folder's recognizer gives, read from its ONNX
+/// graph without loading it; `None` when there is no readable recognizer.
+pub fn recognizer_output_len(models: &ModelsDir) -> Option<usize> {
+    let bytes = std::fs::read(models.existing(models::RECOGNIZER).ok()?).ok()?;
+    let (_, outputs) = crate::models::onnx::graph_signature(&bytes).ok()?;
+    let dims = &outputs.first()?.dims;
+    Some((*dims.last()?)? as usize)
 }
 
 /// The detector and the recognizer, loaded.

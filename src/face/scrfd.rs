@@ -1,4 +1,4 @@
-//! SCRFD face detection as insightface runs it (DESIGN.md §6): letterbox into a square at the
+//! SCRFD face detection as insightface runs it (RECIPE.md, "Face analysis"): letterbox into a square at the
 //! top-left, `(x − 127.5)/128`, then per stride (8, 16, 32) decode scores, box distances and
 //! keypoint distances around two anchors per cell; keep scores ≥ 0.5; greedy NMS at IoU 0.4.
 
@@ -72,7 +72,7 @@ impl Scrfd {
             let (scores, boxes, kps) = (&heads[level], &heads[level + 3], &heads[level + 6]);
             let (rows, cols) = (input_h / stride, input_w / stride);
             let anchors = rows * cols * ANCHORS_PER_CELL;
-            // Read the sizes the model returned, never the declared ones (DESIGN.md §6).
+            // Read the sizes the model returned, never the declared ones (RECIPE.md, "Face analysis").
             if scores.len() != anchors || boxes.len() != anchors * 4 || kps.len() != anchors * 10 {
                 return Err(FaceError::Model(format!(
                     "stride {stride}: expected {anchors} anchors, the detector returned {} scores",

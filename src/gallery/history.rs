@@ -19,10 +19,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
-use crate::gallery::metadata::{self, GenerationMetadata};
+use crate::engine::ImageMetadata;
+use crate::gallery::metadata::{self, StoredMetadata};
 
 const INDEX_FILE: &str = "gallery.json";
-const INDEX_VERSION: u32 = 1;
+/// Version 2 holds [`ImageMetadata`]; version 1 (app 0.1.0) held its flat predecessor, and is
+/// read and converted.
+const INDEX_VERSION: u32 = 2;
+const OLDEST_INDEX_VERSION: u32 = 1;
 const TRASH_DIR: &str = "trash";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -31,7 +35,8 @@ pub struct GalleryEntry {
     pub id: u64,
     /// The PNG, directly inside the gallery folder.
     pub file_name: String,
-    pub metadata: GenerationMetadata,
+    #[serde(deserialize_with = "stored_metadata")]
+    pub metadata: ImageMetadata,
     pub created_unix_ms: u64,
     #[serde(default)]
     pub favourite: bool,
@@ -113,7 +118,11 @@ impl Gallery {
         let _ = std::fs::remove_dir_all(dir.join(TRASH_DIR));
 
         let (loaded, mut dirty) = match read_index(dir)? {
-            Some(index) => (index, false),
+            // An older layout is rewritten in the current one.
+            Some(index) => {
+                let older = index.version != INDEX_VERSION;
+                (index, older)
+            }
             None => (Index { version: INDEX_VERSION, next_id: 1, entries: Vec::new() }, true),
         };
 
@@ -193,7 +202,7 @@ impl Gallery {
     pub fn add(
         &mut self,
         image: &RgbImage,
-        metadata: GenerationMetadata,
+        metadata: ImageMetadata,
         identity_match: Option<f32>,
     ) -> Result<&GalleryEntry, GalleryError> {
         let path = write_image(&self.dir, image, &metadata)?;
@@ -203,13 +212,13 @@ impl Gallery {
     }
 
     /// Records a PNG that [`write_image`] put into this gallery's folder.
-    pub fn adopt(&mut self, path: &Path, metadata: GenerationMetadata, identity_match: Option<f32>) -> Result<&GalleryEntry, GalleryError> {
+    pub fn adopt(&mut self, path: &Path, metadata: ImageMetadata, identity_match: Option<f32>) -> Result<&GalleryEntry, GalleryError> {
         let id = self.next_id;
         if let Some(score) = identity_match {
             self.check_score(id, score)?;
         }
         let entry =
-            GalleryEntry { id, file_name: file_name_of(path), metadata, created_unix_ms: now_unix_ms(), favourite: false, identity_match };
+            GalleryEntry { id, file_name: crate::file_name(path), metadata, created_unix_ms: now_unix_ms(), favourite: false, identity_match };
         let mut entries = self.entries.clone();
         entries.push(entry);
         self.commit(entries, id + 1)?;
@@ -278,7 +287,7 @@ impl Gallery {
                     return Err(error);
                 }
             };
-            entry.file_name = file_name_of(&to);
+            entry.file_name = crate::file_name(&to);
             moved.push((to, from));
             let at = entries.partition_point(|other| other.id < entry.id);
             entries.insert(at, entry);
@@ -349,12 +358,11 @@ impl Gallery {
     }
 }
 
-/// Writes a result into the gallery folder `dir` as `seed<S>.png` (`image.png` without a seed),
-/// never replacing a file, without recording it: the worker thread does this so that encoding
-/// and syncing never hold up a frame, then the UI records it with [`Gallery::adopt`].
-pub fn write_image(dir: &Path, image: &RgbImage, metadata: &GenerationMetadata) -> Result<PathBuf, metadata::WriteError> {
-    let stem = metadata.seed.map_or_else(|| "image".to_string(), |seed| format!("seed{seed}"));
-    metadata::write_png(dir, &stem, image, metadata)
+/// Writes a result into the gallery folder `dir` under [`metadata::file_stem`], never replacing
+/// a file, without recording it: the worker thread does this so that encoding and syncing never
+/// hold up a frame, then the UI records it with [`Gallery::adopt`].
+pub fn write_image(dir: &Path, image: &RgbImage, metadata: &ImageMetadata) -> Result<PathBuf, metadata::WriteError> {
+    metadata::write_png(dir, &metadata::file_stem(metadata), image, metadata)
 }
 
 /// Reads `gallery.json`: `None` when it is missing, or when it is damaged (not our JSON, or
@@ -368,7 +376,7 @@ fn read_index(dir: &Path) -> Result<Option<Index>, GalleryError> {
         Err(error) => return Err(io_error("read the gallery index", &path)(error)),
     };
     match serde_json::from_slice::<Index>(&text) {
-        Ok(index) if index.version == INDEX_VERSION => Ok(Some(index)),
+        Ok(index) if (OLDEST_INDEX_VERSION..=INDEX_VERSION).contains(&index.version) => Ok(Some(index)),
         _ => {
             let backup = dir.join(format!("{INDEX_FILE}.corrupt-{}", now_unix_ms()));
             std::fs::rename(&path, &backup).map_err(io_error("set aside the damaged gallery index", &path))?;
@@ -410,7 +418,7 @@ fn sync_dir(dir: &Path) {
 /// The PNGs in `dir` that are not in `known` and carry our metadata, with their modification
 /// time as creation time, oldest first. Files that cannot be read as such (other people's PNGs,
 /// the empty placeholder of a PNG write cut short) are not ours and are left alone.
-fn unindexed_pngs(dir: &Path, known: &HashSet<String>) -> Result<Vec<(String, GenerationMetadata, u64)>, GalleryError> {
+fn unindexed_pngs(dir: &Path, known: &HashSet<String>) -> Result<Vec<(String, ImageMetadata, u64)>, GalleryError> {
     let listing = std::fs::read_dir(dir).map_err(io_error("list the gallery folder", dir))?;
     let mut found = Vec::new();
     for item in listing {
@@ -451,9 +459,10 @@ fn move_back(moved: &[(PathBuf, PathBuf)]) {
     }
 }
 
-fn file_name_of(path: &Path) -> String {
-    path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default()
+fn stored_metadata<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<ImageMetadata, D::Error> {
+    StoredMetadata::deserialize(deserializer).map(Into::into)
 }
+
 
 fn now_unix_ms() -> u64 {
     unix_ms(SystemTime::now())

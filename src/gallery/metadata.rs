@@ -7,53 +7,87 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use image::RgbImage;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-use crate::engine::LoadedFile;
+use crate::engine::{GenerationSpec, IdentitySource, ImageMetadata, LoadedFile, spec::METADATA_FORMAT};
 
 /// The `tEXt` keyword A1111, ComfyUI and image viewers read.
 pub const PARAMETERS_KEY: &str = "parameters";
 /// The `iTXt` keyword of our JSON record.
 pub const JSON_KEY: &str = "arc2face";
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct GenerationMetadata {
-    pub app: String,
-    pub app_version: String,
-    /// The seed that regenerates this image alone; absent when the initial noise was given.
-    pub seed: Option<u64>,
-    pub steps: usize,
-    pub guidance: f64,
-    pub width: usize,
-    pub height: usize,
-    pub scheduler: String,
-    /// Where the identity came from (a file name), never the vector.
-    pub identity_source: String,
-    pub model_files: Vec<ModelFileRecord>,
+/// The A1111-style one-paragraph summary other tools show.
+pub fn parameters_text(metadata: &ImageMetadata) -> String {
+    let spec = &metadata.spec;
+    let seed = spec.seed.map_or_else(|| "given noise".to_string(), |s| s.to_string());
+    format!(
+        "Arc2Face identity portrait\nSteps: {}, Sampler: DPM++ 2M, CFG scale: {}, Seed: {}, Size: {}x{}, Model: arc2face, Version: {} {}",
+        spec.steps, spec.guidance, seed, metadata.width, metadata.height, metadata.app, metadata.app_version
+    )
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ModelFileRecord {
-    pub path: String,
-    pub bytes: u64,
-}
-
-impl From<&LoadedFile> for ModelFileRecord {
-    fn from(file: &LoadedFile) -> Self {
-        Self { path: file.path.clone(), bytes: file.bytes }
+/// The name (without `.png`) an image is written under, in the gallery and by the CLI alike:
+/// `arc2face-seed<S>`, or `arc2face-noise<i>` when it started from given latents.
+pub fn file_stem(metadata: &ImageMetadata) -> String {
+    match metadata.spec.seed {
+        Some(seed) => format!("arc2face-seed{seed}"),
+        None => format!("arc2face-noise{}", metadata.index),
     }
 }
 
-pub const SCHEDULER_NAME: &str = "DPM++ 2M (DPMSolverMultistep, dpmsolver++, order 2, linspace)";
+/// The flat record version 0.1.0 wrote; read so that its PNGs and galleries keep loading.
+#[derive(Deserialize)]
+pub(crate) struct MetadataV1 {
+    app: String,
+    app_version: String,
+    seed: Option<u64>,
+    steps: usize,
+    guidance: f64,
+    width: usize,
+    height: usize,
+    identity_source: String,
+    model_files: Vec<LoadedFile>,
+}
 
-impl GenerationMetadata {
-    /// The A1111-style one-paragraph summary.
-    pub fn parameters_text(&self) -> String {
-        let seed = self.seed.map_or_else(|| "given noise".to_string(), |s| s.to_string());
-        format!(
-            "Arc2Face identity portrait\nSteps: {}, Sampler: DPM++ 2M, CFG scale: {}, Seed: {}, Size: {}x{}, Model: arc2face, Version: {} {}",
-            self.steps, self.guidance, seed, self.width, self.height, self.app, self.app_version
-        )
+impl From<MetadataV1> for ImageMetadata {
+    fn from(old: MetadataV1) -> Self {
+        ImageMetadata {
+            format: METADATA_FORMAT,
+            app: old.app,
+            app_version: old.app_version,
+            spec: GenerationSpec {
+                identity: IdentitySource::from_legacy_text(&old.identity_source),
+                num_images: 1,
+                seed: old.seed,
+                steps: old.steps,
+                guidance: old.guidance,
+                size: Some(old.width),
+                ..Default::default()
+            },
+            index: 0,
+            count: 1,
+            width: old.width,
+            height: old.height,
+            ran_on: "unknown".into(),
+            model_files: old.model_files,
+        }
+    }
+}
+
+/// Either layout, as a PNG or a gallery index holds it.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(crate) enum StoredMetadata {
+    Current(ImageMetadata),
+    V1(MetadataV1),
+}
+
+impl From<StoredMetadata> for ImageMetadata {
+    fn from(stored: StoredMetadata) -> Self {
+        match stored {
+            StoredMetadata::Current(metadata) => metadata,
+            StoredMetadata::V1(old) => old.into(),
+        }
     }
 }
 
@@ -69,7 +103,7 @@ pub struct WriteError {
 /// `stem-2.png`, `stem-3.png`…; never overwrites. The file appears whole or not at all: it is
 /// written and synced under a temporary name, then linked under the first free final name (a
 /// hard link fails rather than replace an existing file, so two writers never collide).
-pub fn write_png(dir: &Path, stem: &str, image: &RgbImage, metadata: &GenerationMetadata) -> Result<PathBuf, WriteError> {
+pub fn write_png(dir: &Path, stem: &str, image: &RgbImage, metadata: &ImageMetadata) -> Result<PathBuf, WriteError> {
     static WRITES: AtomicU64 = AtomicU64::new(0);
     let error = |path: &Path| {
         let path = path.to_path_buf();
@@ -105,13 +139,13 @@ pub(crate) fn link_under_free_name(file: &Path, dir: &Path, file_name: &str) -> 
     unreachable!("the loop returns")
 }
 
-fn encode_png(image: &RgbImage, metadata: &GenerationMetadata) -> std::io::Result<Vec<u8>> {
+fn encode_png(image: &RgbImage, metadata: &ImageMetadata) -> std::io::Result<Vec<u8>> {
     let mut bytes = Vec::new();
     let mut encoder = png::Encoder::new(&mut bytes, image.width(), image.height());
     encoder.set_color(png::ColorType::Rgb);
     encoder.set_depth(png::BitDepth::Eight);
     let json = serde_json::to_string(metadata).map_err(std::io::Error::other)?;
-    encoder.add_text_chunk(PARAMETERS_KEY.into(), metadata.parameters_text()).map_err(std::io::Error::other)?;
+    encoder.add_text_chunk(PARAMETERS_KEY.into(), parameters_text(metadata)).map_err(std::io::Error::other)?;
     encoder.add_itxt_chunk(JSON_KEY.into(), json).map_err(std::io::Error::other)?;
     let mut writer = encoder.write_header().map_err(std::io::Error::other)?;
     writer.write_image_data(image.as_raw()).map_err(std::io::Error::other)?;
@@ -119,8 +153,9 @@ fn encode_png(image: &RgbImage, metadata: &GenerationMetadata) -> std::io::Resul
     Ok(bytes)
 }
 
-/// Reads the metadata back from a PNG written by [`write_png`]; `None` when it has none.
-pub fn read_metadata(path: &Path) -> std::io::Result<Option<GenerationMetadata>> {
+/// Reads the metadata back from a PNG written by [`write_png`] (or by version 0.1.0); `None`
+/// when it has none.
+pub fn read_metadata(path: &Path) -> std::io::Result<Option<ImageMetadata>> {
     let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path)?));
     let reader = decoder.read_info().map_err(std::io::Error::other)?;
     let json = reader.info().utf8_text.iter().find(|chunk| chunk.keyword == JSON_KEY);
@@ -128,7 +163,7 @@ pub fn read_metadata(path: &Path) -> std::io::Result<Option<GenerationMetadata>>
         None => Ok(None),
         Some(chunk) => {
             let text = chunk.get_text().map_err(std::io::Error::other)?;
-            serde_json::from_str(&text).map(Some).map_err(std::io::Error::other)
+            serde_json::from_str::<StoredMetadata>(&text).map(|stored| Some(stored.into())).map_err(std::io::Error::other)
         }
     }
 }

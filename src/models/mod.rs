@@ -1,6 +1,6 @@
 //! The models folder: where each file lives, and reading config files with errors that name them.
 //!
-//! The folder mirrors the Hugging Face repositories (DESIGN.md §3), so the same loader reads the
+//! The folder mirrors the Hugging Face repositories (RECIPE.md, "Models folder"), so the same loader reads the
 //! real weights and the tiny test fixtures.
 
 pub mod check;
@@ -32,7 +32,7 @@ impl ModelError {
 
 /// candle appends a backtrace to its messages when `RUST_BACKTRACE` is set; users need only the
 /// reason.
-fn first_line(message: &str) -> String {
+pub fn first_line(message: &str) -> String {
     message.lines().next().unwrap_or_default().trim().to_string()
 }
 
@@ -134,7 +134,7 @@ pub const EXPRESSION_ADAPTER: ModelFile =
 pub const GENERATION_FILES: [ModelFile; 7] =
     [UNET_CONFIG, UNET_WEIGHTS, ENCODER_CONFIG, ENCODER_WEIGHTS, VAE_CONFIG, VAE_WEIGHTS, SCHEDULER_CONFIG];
 
-/// Every file of the models folder (DESIGN.md §3), in the order the model manager lists them.
+/// Every file of the models folder (RECIPE.md, "Models folder"), in the order the model manager lists them.
 pub const ALL_FILES: [ModelFile; 12] = [
     UNET_CONFIG,
     UNET_WEIGHTS,

@@ -1,0 +1,398 @@
+//! Everything a user can do, from buttons, menus, shortcuts and drops alike, grouped by the part
+//! of the app it concerns; `StudioApp::apply` hands each group to its own function.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use super::StudioApp;
+use super::models_task::{self, ModelsTask};
+use super::state::*;
+use crate::engine::{FaceRef, GenerationSpec, IdentitySource, ImageMetadata};
+use crate::gallery::history::SortOrder;
+use crate::models::ModelsDir;
+use crate::worker::{Command, GenerationRequest};
+
+#[derive(Debug, Clone)]
+pub enum Action {
+    Photo(PhotoAction),
+    Job(JobAction),
+    Gallery(GalleryAction),
+    Models(ModelsAction),
+    /// The settings panel edited the settings.
+    UpdateSettings(Box<Settings>),
+    DismissNotice(usize),
+}
+
+#[derive(Debug, Clone)]
+pub enum PhotoAction {
+    Open(PathBuf),
+    Browse,
+    SelectFace(usize),
+    /// Keep the selected face and combine it with faces of further photos into one identity.
+    KeepFace,
+    ClearKeptFaces,
+    /// Restore the settings an image was made with, and its photos and faces when they are
+    /// recent photos.
+    RestoreFrom { path: PathBuf, metadata: Box<ImageMetadata> },
+}
+
+#[derive(Debug, Clone)]
+pub enum JobAction {
+    Generate,
+    CancelRunning,
+    RemoveQueued(u64),
+    MoveQueuedUp(u64),
+    MoveQueuedDown(u64),
+    UseSeedOf(u64),
+    NewSeed,
+}
+
+#[derive(Debug, Clone)]
+pub enum GalleryAction {
+    Select { id: u64, extend: bool, toggle: bool },
+    SelectAll,
+    ClearSelection,
+    Open(Option<u64>),
+    CompareSelected,
+    ToggleFavourite(u64),
+    DeleteSelected,
+    UndoDelete,
+    BrowseExport,
+    ExportTo(PathBuf),
+    SetSort(SortOrder),
+}
+
+#[derive(Debug, Clone)]
+pub enum ModelsAction {
+    Browse,
+    SetDir(PathBuf),
+    ShowWindow(bool),
+    /// Fetch these files of the models folder; none means every missing one.
+    Download(Vec<&'static str>),
+    Verify,
+    CancelTask,
+}
+
+impl From<PhotoAction> for Action {
+    fn from(action: PhotoAction) -> Self {
+        Action::Photo(action)
+    }
+}
+impl From<JobAction> for Action {
+    fn from(action: JobAction) -> Self {
+        Action::Job(action)
+    }
+}
+impl From<GalleryAction> for Action {
+    fn from(action: GalleryAction) -> Self {
+        Action::Gallery(action)
+    }
+}
+impl From<ModelsAction> for Action {
+    fn from(action: ModelsAction) -> Self {
+        Action::Models(action)
+    }
+}
+
+const PHOTO_EXTENSIONS: [&str; 7] = ["jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff"];
+
+impl StudioApp {
+    pub fn apply(&mut self, action: impl Into<Action>) {
+        match action.into() {
+            Action::Photo(action) => self.apply_photo(action),
+            Action::Job(action) => self.apply_job(action),
+            Action::Gallery(action) => self.apply_gallery(action),
+            Action::Models(action) => self.apply_models(action),
+            Action::UpdateSettings(settings) => self.state.settings = *settings,
+            Action::DismissNotice(index) => {
+                if index < self.state.notices.len() {
+                    self.state.notices.remove(index);
+                }
+            }
+        }
+    }
+
+    fn apply_photo(&mut self, action: PhotoAction) {
+        let state = &mut self.state;
+        match action {
+            PhotoAction::Open(path) => {
+                state.settings.recent_photos.retain(|p| p != &path);
+                state.settings.recent_photos.insert(0, path.clone());
+                state.settings.recent_photos.truncate(MAX_RECENT_PHOTOS);
+                if self.worker.send(Command::AnalyzePhoto { path: path.clone() }) {
+                    state.analyzing = Some(path);
+                } else {
+                    notify_error(state, "The app is still busy with earlier photos; open this one again in a moment".into());
+                }
+            }
+            PhotoAction::Browse => {
+                if let Some(path) = rfd::FileDialog::new().add_filter("Photos", &PHOTO_EXTENSIONS).pick_file() {
+                    self.apply_photo(PhotoAction::Open(path));
+                }
+            }
+            PhotoAction::SelectFace(index) => {
+                if let Some(photo) = &mut state.photo
+                    && index < photo.faces.len()
+                {
+                    photo.selected_face = Some(index);
+                }
+            }
+            PhotoAction::KeepFace => keep_selected_face(state),
+            PhotoAction::ClearKeptFaces => state.kept_faces.clear(),
+            PhotoAction::RestoreFrom { path, metadata } => self.restore_from(&path, &metadata),
+        }
+    }
+
+    /// Takes an image's settings as the next job's (keeping where jobs run) and reopens the
+    /// photos its identity came from, when they are recent photos.
+    fn restore_from(&mut self, path: &std::path::Path, metadata: &ImageMetadata) {
+        let state = &mut self.state;
+        let spec = GenerationSpec::restored(&metadata.spec, state.settings.spec.runtime);
+        state.settings.seed_locked = spec.seed.is_some();
+        state.settings.spec = GenerationSpec { seed: spec.seed.or(state.settings.spec.seed), ..spec };
+        let seed = metadata.spec.seed.map_or("none".into(), |s| s.to_string());
+        let mut text = format!(
+            "Settings restored from {}: seed {seed}, {} steps, guidance {:.1}",
+            crate::file_name(path),
+            metadata.spec.steps,
+            metadata.spec.guidance
+        );
+        let faces = match &metadata.spec.identity {
+            IdentitySource::Faces { faces } => faces.clone(),
+            _ => Vec::new(),
+        };
+        let recent = |face: &FaceRef| {
+            let photos = &state.settings.recent_photos;
+            photos.iter().find(|p| crate::file_name(p) == face.photo).map(|p| (p.clone(), face.face))
+        };
+        let found: Option<Vec<(PathBuf, usize)>> = faces.iter().map(recent).collect();
+        match found {
+            Some(photos) if !photos.is_empty() => {
+                state.kept_faces.clear();
+                state.pending_faces = photos.into();
+                self.open_next_pending_photo();
+            }
+            _ => text.push_str(&format!("; its identity came from {}: open that photo to make it again", metadata.spec.identity)),
+        }
+        self.state.notices.push(Notice { text, is_error: false });
+    }
+
+    /// Opens the next photo of an identity being restored.
+    pub(super) fn open_next_pending_photo(&mut self) {
+        if let Some((photo, _)) = self.state.pending_faces.front() {
+            let photo = photo.clone();
+            self.apply_photo(PhotoAction::Open(photo));
+        }
+    }
+
+    fn apply_job(&mut self, action: JobAction) {
+        let state = &mut self.state;
+        match action {
+            JobAction::Generate => self.queue_generation(),
+            JobAction::CancelRunning => {
+                if let Some(running) = &mut state.running {
+                    running.cancelling = true;
+                    self.worker.cancel(running.request.job_id);
+                }
+            }
+            JobAction::RemoveQueued(job_id) => state.queue.retain(|job| job.job_id != job_id),
+            JobAction::MoveQueuedUp(job_id) => {
+                if let Some(i) = state.queue.iter().position(|job| job.job_id == job_id).filter(|&i| i > 0) {
+                    state.queue.swap(i, i - 1);
+                }
+            }
+            JobAction::MoveQueuedDown(job_id) => {
+                if let Some(i) = state.queue.iter().position(|job| job.job_id == job_id).filter(|&i| i + 1 < state.queue.len()) {
+                    state.queue.swap(i, i + 1);
+                }
+            }
+            JobAction::UseSeedOf(id) => {
+                if let Some(seed) = state.gallery.gallery.get(id).and_then(|e| e.metadata.spec.seed) {
+                    state.settings.spec.seed = Some(seed);
+                    state.settings.seed_locked = true;
+                }
+            }
+            JobAction::NewSeed => state.settings.spec.seed = Some(crate::engine::random_seed()),
+        }
+    }
+
+    fn queue_generation(&mut self) {
+        let state = &mut self.state;
+        let Some(photo) = &state.photo else {
+            notify_error(state, "Open a photo with a face first".into());
+            return;
+        };
+        let Some(face_index) = photo.selected_face else {
+            notify_error(state, "No face is selected: pick one on the photo".into());
+            return;
+        };
+        if !state.settings.seed_locked || state.settings.spec.seed.is_none() {
+            state.settings.spec.seed = Some(crate::engine::random_seed());
+        }
+        let selected = FaceRef { photo: crate::file_name(&photo.path), face: face_index };
+        let mut embeddings: Vec<Vec<f32>> = state.kept_faces.iter().map(|kept| kept.embedding.clone()).collect();
+        let mut faces: Vec<FaceRef> = state.kept_faces.iter().map(|kept| kept.face.clone()).collect();
+        if !faces.contains(&selected) {
+            embeddings.push(photo.faces[face_index].embedding.clone());
+            faces.push(selected);
+        }
+        let request = GenerationRequest {
+            job_id: state.next_job_id,
+            spec: GenerationSpec { identity: IdentitySource::Faces { faces }, ..state.settings.spec.clone() },
+            identity: crate::face::mean_identity(&embeddings),
+            gallery_dir: state.gallery.gallery.dir().to_path_buf(),
+        };
+        state.next_job_id += 1;
+        state.queue.push_back(request);
+        self.start_next_job();
+    }
+
+    fn apply_gallery(&mut self, action: GalleryAction) {
+        let state = &mut self.state;
+        let gallery = &mut state.gallery;
+        match action {
+            GalleryAction::Select { id, extend, toggle } => select_entry(gallery, id, extend, toggle),
+            GalleryAction::SelectAll => gallery.selection = gallery.gallery.entries().iter().map(|e| e.id).collect(),
+            GalleryAction::ClearSelection => gallery.selection.clear(),
+            GalleryAction::Open(id) => {
+                gallery.opened = id;
+                gallery.comparing = None;
+            }
+            GalleryAction::CompareSelected => {
+                let mut selected = gallery.selection.iter().copied();
+                if let (Some(a), Some(b)) = (selected.next(), selected.next()) {
+                    gallery.comparing = Some((a, b));
+                    gallery.opened = None;
+                }
+            }
+            GalleryAction::ToggleFavourite(id) => {
+                let favourite = gallery.gallery.get(id).is_some_and(|e| !e.favourite);
+                if let Err(e) = gallery.gallery.set_favourite(id, favourite) {
+                    notify_error(state, e.to_string());
+                }
+            }
+            GalleryAction::DeleteSelected => {
+                let ids: Vec<u64> = gallery.selection.iter().copied().collect();
+                if ids.is_empty() {
+                    return;
+                }
+                match gallery.gallery.remove(&ids) {
+                    Ok(removed) => {
+                        gallery.last_removed = Some(removed);
+                        gallery.selection.clear();
+                        gallery.opened = None;
+                        gallery.comparing = None;
+                        state.notices.push(Notice { text: format!("Deleted {} image(s) — Undo with Ctrl+Z", ids.len()), is_error: false });
+                    }
+                    Err(e) => notify_error(state, e.to_string()),
+                }
+            }
+            GalleryAction::UndoDelete => {
+                if let Some(removed) = gallery.last_removed.take()
+                    && let Err(e) = gallery.gallery.undo_remove(removed)
+                {
+                    notify_error(state, e.to_string());
+                }
+            }
+            GalleryAction::BrowseExport => {
+                if let Some(dir) = rfd::FileDialog::new().pick_folder() {
+                    self.apply_gallery(GalleryAction::ExportTo(dir));
+                }
+            }
+            GalleryAction::ExportTo(dir) => {
+                let ids: Vec<u64> = gallery.selection.iter().copied().collect();
+                match gallery.gallery.export(&ids, &dir) {
+                    Ok(paths) => state
+                        .notices
+                        .push(Notice { text: format!("Exported {} image(s) to {}", paths.len(), dir.display()), is_error: false }),
+                    Err(e) => notify_error(state, e.to_string()),
+                }
+            }
+            GalleryAction::SetSort(order) => gallery.sort = order,
+        }
+    }
+
+    fn apply_models(&mut self, action: ModelsAction) {
+        let state = &mut self.state;
+        match action {
+            ModelsAction::Browse => {
+                if let Some(dir) = rfd::FileDialog::new().pick_folder() {
+                    self.apply_models(ModelsAction::SetDir(dir));
+                }
+            }
+            ModelsAction::SetDir(dir) => {
+                if let Some(task) = &state.models.task {
+                    task.cancel();
+                }
+                state.models.refresh(&ModelsDir::new(&dir));
+                state.settings.models_dir = Some(dir.clone());
+                state.models_dir = dir.clone();
+                state.runtime_in_use = None;
+                self.worker.send(Command::UnloadModels { models_dir: dir });
+            }
+            ModelsAction::ShowWindow(open) => {
+                state.models.window_open = open;
+                if open && state.models.task.is_none() {
+                    state.models.refresh(&ModelsDir::new(&state.models_dir));
+                }
+            }
+            ModelsAction::Download(only) => {
+                let files: Vec<_> =
+                    state.models.downloadable().into_iter().filter(|f| only.is_empty() || only.contains(&f.relative_path)).collect();
+                let runtime = state.models.runtime_to_fetch().filter(|_| only.is_empty() || only.contains(&models_task::RUNTIME_ROW));
+                if state.models.task.is_none() && (!files.is_empty() || runtime.is_some()) {
+                    let wake = self.ctx.clone();
+                    let models = ModelsDir::new(&state.models_dir);
+                    state.models.task =
+                        Some(ModelsTask::download(models, files, runtime, self.hub.clone(), move || wake.request_repaint()));
+                }
+            }
+            ModelsAction::Verify => {
+                if state.models.task.is_none() {
+                    let wake = self.ctx.clone();
+                    state.models.task = Some(ModelsTask::verify(ModelsDir::new(&state.models_dir), move || wake.request_repaint()));
+                }
+            }
+            ModelsAction::CancelTask => {
+                if let Some(task) = &state.models.task {
+                    task.cancel();
+                }
+            }
+        }
+    }
+}
+
+/// Keeps the selected face for the identity, once.
+fn keep_selected_face(state: &mut AppState) {
+    if let Some(photo) = &state.photo
+        && let Some(index) = photo.selected_face
+        && let Some(face) = photo.faces.get(index)
+    {
+        let face_ref = FaceRef { photo: crate::file_name(&photo.path), face: index };
+        if !state.kept_faces.iter().any(|kept| kept.face == face_ref) {
+            state.kept_faces.push(KeptFace { face: face_ref, embedding: face.embedding.clone() });
+        }
+    }
+}
+
+fn select_entry(gallery: &mut GalleryState, id: u64, extend: bool, toggle: bool) {
+    if extend && let Some(anchor) = gallery.anchor {
+        let order: Vec<u64> = gallery.gallery.sorted(gallery.sort).iter().map(|e| e.id).collect();
+        if let (Some(a), Some(b)) = (order.iter().position(|&x| x == anchor), order.iter().position(|&x| x == id)) {
+            gallery.selection.extend(&order[a.min(b)..=a.max(b)]);
+            return;
+        }
+    }
+    if toggle {
+        if !gallery.selection.remove(&id) {
+            gallery.selection.insert(id);
+        }
+    } else {
+        gallery.selection = BTreeSet::from([id]);
+    }
+    gallery.anchor = Some(id);
+}
+
+pub(super) fn notify_error(state: &mut AppState, text: String) {
+    state.notices.push(Notice { text, is_error: true });
+}

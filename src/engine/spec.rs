@@ -1,0 +1,180 @@
+//! One description of a generation: every setting that decides its pixels, as plain data.
+//!
+//! The GUI's queue holds it, the worker and the engine run it, each PNG's metadata is written
+//! from it and restoring an image reads it back, and the CLI builds it from its flags. A new
+//! setting is a field here (with its default) plus the widget or flag that edits it; everything
+//! in between passes the whole value along. Old files without the new field still load: every
+//! field has a serde default.
+//!
+//! The identity vector itself is never part of it (it is biometric data); `identity` only says
+//! where it came from.
+
+use serde::{Deserialize, Serialize};
+
+use super::runtime::RuntimeSpec;
+
+/// The version of [`ImageMetadata`]'s layout; version 1 (app 0.1.0) was flat, without `spec`.
+pub const METADATA_FORMAT: u32 = 2;
+
+/// Everything that decides a job's images, except the identity vector.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GenerationSpec {
+    /// Where the identity came from (file names and face numbers), never the vector.
+    pub identity: IdentitySource,
+    pub num_images: usize,
+    /// Image i starts from `torch.randn` seeded with `seed + i`; `None` when the initial noise
+    /// was given as latents (the CLI's `--noise`).
+    pub seed: Option<u64>,
+    pub steps: usize,
+    /// Classifier-free guidance; ≤ 1 runs the conditional half only.
+    pub guidance: f64,
+    /// Image side in pixels; `None` is the size the model was trained at (512 for Arc2Face).
+    pub size: Option<usize>,
+    /// Where the job runs and in which precision. Recorded with each image; restoring an image
+    /// never changes it (see [`GenerationSpec::restored`]).
+    pub runtime: RuntimeSpec,
+}
+
+impl Default for GenerationSpec {
+    fn default() -> Self {
+        Self {
+            identity: IdentitySource::default(),
+            num_images: 4,
+            seed: None,
+            steps: 25,
+            guidance: 3.0,
+            size: None,
+            runtime: RuntimeSpec::default(),
+        }
+    }
+}
+
+impl GenerationSpec {
+    /// The settings of image `index` of this job on their own: one image, its own seed. Each
+    /// image's metadata holds this, so that restoring it makes that very image again.
+    pub fn image(&self, index: usize) -> GenerationSpec {
+        GenerationSpec { num_images: 1, seed: self.seed.map(|seed| seed.wrapping_add(index as u64)), ..self.clone() }
+    }
+
+    /// This spec restored from an image's metadata, keeping `runtime` (where this machine runs
+    /// is not a property of the image).
+    pub fn restored(from: &GenerationSpec, runtime: RuntimeSpec) -> GenerationSpec {
+        GenerationSpec { runtime, ..from.clone() }
+    }
+}
+
+/// What each generated image records about itself: its own settings, where it stood in its job,
+/// and what it was made with. PNGs carry it (the `arc2face` chunk) and restoring reads it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageMetadata {
+    pub format: u32,
+    pub app: String,
+    pub app_version: String,
+    /// This image's own settings ([`GenerationSpec::image`]): they make it again.
+    pub spec: GenerationSpec,
+    /// Which image of its job it was, from 0, and how many the job made.
+    pub index: usize,
+    pub count: usize,
+    pub width: usize,
+    pub height: usize,
+    /// What it ran on, as [`super::Runtime::describe`] says it: "CPU, f32".
+    pub ran_on: String,
+    /// Every model file the job read, with its size.
+    pub model_files: Vec<LoadedFile>,
+}
+
+/// A model file a pipeline read, relative to the models folder, and its size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadedFile {
+    pub path: String,
+    pub bytes: u64,
+}
+
+/// Where a job's identity came from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum IdentitySource {
+    /// Faces of photos, averaged when there are several.
+    Faces { faces: Vec<FaceRef> },
+    /// A raw ArcFace vector from a `.npy` file.
+    Embedding { file: String },
+    #[default]
+    Unknown,
+}
+
+/// One face of one photo: the photo's file name (not its folder) and the face's number as
+/// `arc2face faces` lists them, from 0.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FaceRef {
+    pub photo: String,
+    pub face: usize,
+}
+
+impl std::fmt::Display for IdentitySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IdentitySource::Faces { faces } => {
+                let names: Vec<String> = faces.iter().map(|r| format!("{} (face {})", r.photo, r.face)).collect();
+                f.write_str(&names.join(", "))
+            }
+            IdentitySource::Embedding { file } => f.write_str(file),
+            IdentitySource::Unknown => f.write_str("unknown"),
+        }
+    }
+}
+
+impl IdentitySource {
+    /// Reads the one-line form older versions wrote: `photo.jpg (face 0), other.png (face 2)`
+    /// for faces, anything else for an embedding file.
+    pub fn from_legacy_text(text: &str) -> IdentitySource {
+        const MARK: &str = " (face ";
+        // The first " (face N)" that ends the text or is followed by ", ": file names may
+        // themselves hold ", " or parentheses.
+        let next_face = |rest: &str| -> Option<(FaceRef, usize)> {
+            rest.match_indices(MARK).find_map(|(at, _)| {
+                let after = &rest[at + MARK.len()..];
+                let digits = after.find(')')?;
+                let face = after[..digits].parse().ok()?;
+                let end = at + MARK.len() + digits + 1;
+                let tail = &rest[end..];
+                (tail.is_empty() || tail.starts_with(", ")).then(|| (FaceRef { photo: rest[..at].to_string(), face }, end))
+            })
+        };
+        let mut faces = Vec::new();
+        let mut rest = text;
+        while let Some((face, end)) = next_face(rest) {
+            faces.push(face);
+            rest = rest[end..].strip_prefix(", ").unwrap_or(&rest[end..]);
+        }
+        match (text.is_empty(), faces.is_empty() || !rest.is_empty()) {
+            (true, _) => IdentitySource::Unknown,
+            (false, false) => IdentitySource::Faces { faces },
+            (false, true) => IdentitySource::Embedding { file: text.to_string() },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn legacy_identity_text_parses_back_into_faces() {
+        let text = "astronaut.jpg (face 1), two, faces (2).jpg (face 0)";
+        let IdentitySource::Faces { faces } = IdentitySource::from_legacy_text(text) else { panic!("faces expected") };
+        assert_eq!(faces, [FaceRef { photo: "astronaut.jpg".into(), face: 1 }, FaceRef { photo: "two, faces (2).jpg".into(), face: 0 }]);
+        assert_eq!(IdentitySource::Faces { faces }.to_string(), text);
+        assert_eq!(IdentitySource::from_legacy_text("id.npy"), IdentitySource::Embedding { file: "id.npy".into() });
+        assert_eq!(IdentitySource::from_legacy_text(""), IdentitySource::Unknown);
+    }
+
+    #[test]
+    fn an_image_of_a_batch_has_its_own_seed() {
+        let spec = GenerationSpec { seed: Some(41), num_images: 3, ..Default::default() };
+        assert_eq!(spec.image(2).seed, Some(43));
+        assert_eq!(spec.image(2).num_images, 1);
+        let empty: GenerationSpec = serde_json::from_str("{}").unwrap();
+        assert_eq!(empty, GenerationSpec::default(), "every field has a default");
+    }
+}
