@@ -32,28 +32,28 @@ fn main() -> anyhow::Result<()> {
     let mut gallery = Gallery::open(&gallery_dir)?;
     let image = image::RgbImage::from_fn(512, 512, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x ^ y) % 256) as u8]));
     for seed in 0..history as u64 {
-        gallery.add(&image, metadata(seed), Some(0.5))?;
+        gallery.add(&image, metadata(seed))?;
     }
     drop(gallery);
     eprintln!("gallery of {history} images written in {:.1} s", started.elapsed().as_secs_f64());
 
-    // One finished 512×512 image: the worker writes it, the UI thread records it in the index.
+    // One finished 512×512 image: the worker writes it, the gallery thread records it.
     let one = dir.path().join("gallery-one");
     let mut gallery = Gallery::open(&one)?;
     let started = Instant::now();
     let path = write_image(&one, &image, &metadata(1))?;
     let written = started.elapsed();
     let started = Instant::now();
-    gallery.adopt(&path, metadata(1), Some(0.5))?;
+    gallery.adopt(&path, metadata(1))?;
     eprintln!(
-        "one 512x512 result: written by the worker in {:.1} ms, recorded by the UI thread in {:.1} ms",
+        "one 512x512 result: written by the worker in {:.1} ms, recorded by the gallery thread in {:.1} ms",
         written.as_secs_f64() * 1e3,
         started.elapsed().as_secs_f64() * 1e3
     );
 
     let photo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/faces/photos/astronaut.jpg");
     let mut harness =
-        Harness::builder().with_size([1280.0, 800.0]).build_eframe(move |cc| StudioApp::new(cc, Some(models), gallery_dir, vec![photo]));
+        Harness::builder().with_size([1280.0, 800.0]).build_eframe(move |cc| StudioApp::new(cc, Some(models), gallery_dir, vec![photo]).expect("the app starts"));
 
     let mut startup = Vec::new();
     while harness.state().state.photo.is_none() || harness.state().state.gallery.thumbnails.len() < history {
@@ -74,7 +74,7 @@ fn main() -> anyhow::Result<()> {
     }
     report("generation: 4 images x 25 steps, a preview per step", &generating);
     let notices: Vec<&str> = harness.state().state.notices.iter().map(|n| n.text.as_str()).collect();
-    eprintln!("gallery now {} images; notices: {notices:?}", harness.state().state.gallery.gallery.entries().len());
+    eprintln!("gallery now {} images; notices: {notices:?}", harness.state().state.gallery.entries.len());
     Ok(())
 }
 
@@ -115,5 +115,7 @@ fn metadata(seed: u64) -> ImageMetadata {
         height: 512,
         ran_on: "CPU, f32".into(),
         model_files: Vec::new(),
+        created_unix_ms: 0,
+        identity_match: Some(0.5),
     }
 }

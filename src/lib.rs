@@ -15,3 +15,8 @@ pub mod worker;
 pub fn file_name(path: &std::path::Path) -> String {
     path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default()
 }
+
+/// Milliseconds since the Unix epoch; a clock set before 1970 gives 0 rather than failing.
+pub fn unix_ms(time: std::time::SystemTime) -> u64 {
+    time.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}

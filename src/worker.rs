@@ -83,7 +83,6 @@ pub enum Event {
         image: RgbImage,
         saved: Result<PathBuf, String>,
         metadata: ImageMetadata,
-        identity_match: Option<f32>,
     },
     /// The generation models are loaded and run on this ("CPU, f32").
     ModelsLoaded {
@@ -260,16 +259,11 @@ impl WorkerState {
             Flow::Continue
         };
         let analyzer = &mut self.analyzer;
-        let mut on_image = |generated: crate::engine::GeneratedImage| {
-            let identity_match = analyzer.as_mut().and_then(|a| face::identity_match(a, &generated.image, &request.identity));
+        let mut on_image = |mut generated: crate::engine::GeneratedImage| {
+            generated.metadata.identity_match =
+                analyzer.as_mut().and_then(|a| face::identity_match(a, &generated.image, &request.identity));
             let saved = history::write_image(&request.gallery_dir, &generated.image, &generated.metadata).map_err(|e| e.to_string());
-            let _ = events.send(Event::ImageReady {
-                job_id: request.job_id,
-                image: generated.image,
-                saved,
-                metadata: generated.metadata,
-                identity_match,
-            });
+            let _ = events.send(Event::ImageReady { job_id: request.job_id, image: generated.image, saved, metadata: generated.metadata });
             wake();
             Ok(())
         };

@@ -34,7 +34,7 @@ fn photo(name: &str) -> PathBuf {
 }
 
 fn harness(models: PathBuf, gallery: PathBuf) -> Harness<'static, StudioApp> {
-    Harness::builder().with_size([1280.0, 800.0]).build_eframe(move |cc| StudioApp::new(cc, Some(models), gallery, Vec::new()))
+    Harness::builder().with_size([1280.0, 800.0]).build_eframe(move |cc| StudioApp::new(cc, Some(models), gallery, Vec::new()).unwrap())
 }
 
 /// Steps frames until `done` holds, failing after a generous timeout.
@@ -83,10 +83,10 @@ fn drop_pick_generate_watch_and_export() {
     harness.get_by_label("Generate").click();
     harness.step();
     run_until(&mut harness, "a step preview", |app| {
-        app.state.running.as_ref().is_some_and(|r| r.preview.is_some()) || app.state.gallery.gallery.entries().len() == 2
+        app.state.running.as_ref().is_some_and(|r| r.preview.is_some()) || app.state.gallery.entries.len() == 2
     });
-    run_until(&mut harness, "the gallery", |app| app.state.running.is_none() && app.state.gallery.gallery.entries().len() == 2);
-    let seeds: Vec<Option<u64>> = harness.state().state.gallery.gallery.entries().iter().map(|e| e.metadata.spec.seed).collect();
+    run_until(&mut harness, "the gallery", |app| app.state.running.is_none() && app.state.gallery.entries.len() == 2);
+    let seeds: Vec<Option<u64>> = harness.state().state.gallery.entries.iter().map(|e| e.metadata.spec.seed).collect();
     assert_eq!(seeds, [Some(42), Some(43)], "image i uses seed + i");
     assert!(notices(harness.state()).is_empty(), "{:?}", notices(harness.state()));
 
@@ -95,7 +95,7 @@ fn drop_pick_generate_watch_and_export() {
     assert_eq!(harness.state().state.gallery.selection.len(), 2);
     let export = dir.path().join("export");
     harness.state_mut().apply(GalleryAction::ExportTo(export.clone()));
-    harness.step();
+    run_until(&mut harness, "the export", |app| notices(app).iter().any(|n| n.starts_with("Exported 2 image(s)")));
     let exported: Vec<PathBuf> = std::fs::read_dir(&export).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(exported.len(), 2);
     for path in &exported {
@@ -124,8 +124,9 @@ fn drop_pick_generate_watch_and_export() {
 
     // History is kept across runs.
     drop(harness);
-    let harness = self::harness(common::generation_and_face_models(dir.path()), dir.path().join("gallery"));
-    assert_eq!(harness.state().state.gallery.gallery.entries().len(), 2);
+    let mut harness = self::harness(common::generation_and_face_models(dir.path()), dir.path().join("gallery"));
+    run_until(&mut harness, "the gallery to open", |app| app.state.gallery.dir.is_some());
+    assert_eq!(harness.state().state.gallery.entries.len(), 2);
 }
 
 /// A picture says where the boxes are better than coordinates: every face boxed and numbered,
@@ -186,7 +187,7 @@ fn cancel_stops_within_a_step_and_keeps_finished_images() {
     run_until(&mut harness, "the second image", |app| app.state.running.as_ref().is_some_and(|r| r.image_index == 1 && r.step >= 1));
     harness.get_by_label("Cancel").click();
     run_until(&mut harness, "the cancellation", |app| app.state.running.is_none());
-    assert_eq!(harness.state().state.gallery.gallery.entries().len(), 1, "the finished image is kept");
+    assert_eq!(harness.state().state.gallery.entries.len(), 1, "the finished image is kept");
     assert!(notices(harness.state()).iter().any(|n| n.contains("cancelled")));
 }
 

@@ -26,7 +26,14 @@ fn meta(seed: Option<u64>) -> ImageMetadata {
         height: 8,
         ran_on: "CPU, f32".into(),
         model_files: vec![LoadedFile { path: "unet/diffusion_pytorch_model.safetensors".into(), bytes: 1234 }],
+        // All made "at once": ties are ordered by id.
+        created_unix_ms: 1_700_000_000_000,
+        identity_match: None,
     }
+}
+
+fn scored(metadata: ImageMetadata, identity_match: Option<f32>) -> ImageMetadata {
+    ImageMetadata { identity_match, ..metadata }
 }
 
 fn image(shade: u8) -> RgbImage {
@@ -44,9 +51,9 @@ fn index_path(dir: &Path) -> std::path::PathBuf {
 /// A gallery with three images: seeds 1 and 2, and one made from given noise (no seed).
 fn three(dir: &Path) -> Gallery {
     let mut gallery = Gallery::open(dir).unwrap();
-    gallery.add(&image(10), meta(Some(1)), Some(0.5)).unwrap();
-    gallery.add(&image(20), meta(Some(2)), None).unwrap();
-    gallery.add(&image(30), meta(None), Some(0.8)).unwrap();
+    gallery.add(&image(10), scored(meta(Some(1)), Some(0.5))).unwrap();
+    gallery.add(&image(20), scored(meta(Some(2)), None)).unwrap();
+    gallery.add(&image(30), scored(meta(None), Some(0.8))).unwrap();
     gallery
 }
 
@@ -68,7 +75,6 @@ fn add_and_reopen_keeps_ids_order_favourites_and_matches() {
     let names: Vec<&str> = gallery.entries().iter().map(|e| e.file_name.as_str()).collect();
     assert_eq!(names, ["arc2face-seed1.png", "arc2face-seed2.png", "arc2face-noise0.png"]);
     gallery.set_favourite(2, true).unwrap();
-    gallery.set_identity_match(2, 0.25).unwrap();
     let before = gallery.entries().to_vec();
     for entry in &before {
         assert_eq!(metadata::read_metadata(&gallery.path(entry)).unwrap().as_ref(), Some(&entry.metadata));
@@ -76,9 +82,8 @@ fn add_and_reopen_keeps_ids_order_favourites_and_matches() {
 
     let reopened = Gallery::open(root.path()).unwrap();
     assert_eq!(reopened.entries(), &before[..]);
-    let second = reopened.get(2).unwrap();
-    assert!(second.favourite);
-    assert_eq!(second.identity_match, Some(0.25));
+    assert!(reopened.get(2).unwrap().favourite);
+    assert_eq!(reopened.get(3).unwrap().metadata.identity_match, Some(0.8));
     assert!(reopened.get(4).is_none());
 
     let index: serde_json::Value = serde_json::from_slice(&std::fs::read(index_path(root.path())).unwrap()).unwrap();
@@ -91,8 +96,8 @@ fn add_and_reopen_keeps_ids_order_favourites_and_matches() {
 fn the_same_seed_twice_gets_two_files() {
     let root = tempfile::tempdir().unwrap();
     let mut gallery = Gallery::open(root.path()).unwrap();
-    gallery.add(&image(1), meta(Some(7)), None).unwrap();
-    let second = gallery.add(&image(2), meta(Some(7)), None).unwrap();
+    gallery.add(&image(1), scored(meta(Some(7)), None)).unwrap();
+    let second = gallery.add(&image(2), scored(meta(Some(7)), None)).unwrap();
     assert_eq!(second.file_name, "arc2face-seed7-2.png");
 }
 
@@ -101,19 +106,19 @@ fn ids_are_never_reused_after_removes_and_reopens() {
     let root = tempfile::tempdir().unwrap();
     let mut gallery = three(root.path());
     gallery.remove(&[3]).unwrap();
-    assert_eq!(gallery.add(&image(40), meta(Some(4)), None).unwrap().id, 4);
+    assert_eq!(gallery.add(&image(40), scored(meta(Some(4)), None)).unwrap().id, 4);
     gallery.remove(&[4]).unwrap();
     let mut gallery = Gallery::open(root.path()).unwrap();
     assert_eq!(ids(&gallery), [1, 2]);
-    assert_eq!(gallery.add(&image(50), meta(Some(5)), None).unwrap().id, 5);
+    assert_eq!(gallery.add(&image(50), scored(meta(Some(5)), None)).unwrap().id, 5);
 }
 
 #[test]
 fn sort_orders() {
     let root = tempfile::tempdir().unwrap();
     let mut gallery = three(root.path());
-    gallery.add(&image(40), meta(Some(4)), Some(0.5)).unwrap();
-    gallery.add(&image(50), meta(Some(5)), None).unwrap();
+    gallery.add(&image(40), scored(meta(Some(4)), Some(0.5))).unwrap();
+    gallery.add(&image(50), scored(meta(Some(5)), None)).unwrap();
     let order = |order| gallery.sorted(order).iter().map(|entry| entry.id).collect::<Vec<_>>();
     // Images added within the same millisecond are ordered by id.
     assert_eq!(order(SortOrder::Newest), [5, 4, 3, 2, 1]);
@@ -123,19 +128,17 @@ fn sort_orders() {
 }
 
 #[test]
-fn unknown_ids_and_bad_scores_are_errors() {
+fn unknown_ids_are_errors() {
     let root = tempfile::tempdir().unwrap();
     let mut gallery = three(root.path());
     for error in [
         gallery.set_favourite(9, true).unwrap_err(),
-        gallery.set_identity_match(9, 0.1).unwrap_err(),
         gallery.remove(&[1, 9]).unwrap_err(),
         gallery.export(&[9], root.path()).unwrap_err(),
     ] {
         assert!(matches!(error, GalleryError::UnknownId { id: 9, .. }), "{error}");
         assert!(error.to_string().contains(&root.path().display().to_string()), "{error}");
     }
-    assert!(matches!(gallery.set_identity_match(1, f32::NAN), Err(GalleryError::InvalidScore { .. })));
     assert_eq!(ids(&gallery), [1, 2, 3], "a failed remove removes nothing");
     assert!(root.path().join("arc2face-seed1.png").is_file());
 }
@@ -169,7 +172,7 @@ fn undo_does_not_overwrite_a_file_that_took_the_name() {
     let root = tempfile::tempdir().unwrap();
     let mut gallery = three(root.path());
     let removed = gallery.remove(&[1]).unwrap();
-    let newcomer = gallery.add(&image(99), meta(Some(1)), None).unwrap();
+    let newcomer = gallery.add(&image(99), scored(meta(Some(1)), None)).unwrap();
     assert_eq!((newcomer.id, newcomer.file_name.as_str()), (4, "arc2face-seed1.png"));
     let newcomer_bytes = std::fs::read(root.path().join("arc2face-seed1.png")).unwrap();
 
@@ -204,7 +207,7 @@ fn export_never_overwrites_and_keeps_the_metadata() {
     let exported = gallery.export(&[1, 2], &dest).unwrap();
     assert_eq!(exported, [dest.join("arc2face-seed1-2.png"), dest.join("arc2face-seed2.png")]);
     assert_eq!(std::fs::read(dest.join("arc2face-seed1.png")).unwrap(), b"someone else's file");
-    assert_eq!(metadata::read_metadata(&exported[0]).unwrap(), Some(meta(Some(1))));
+    assert_eq!(metadata::read_metadata(&exported[0]).unwrap(), Some(scored(meta(Some(1)), Some(0.5))));
     assert_eq!(std::fs::read(&exported[1]).unwrap(), std::fs::read(root.path().join("arc2face-seed2.png")).unwrap());
 
     // Again into the same folder: new names again, and no leftovers from the copying.
@@ -277,7 +280,7 @@ fn a_png_missing_from_the_index_is_picked_up() {
     let found = gallery.get(4).unwrap();
     assert_eq!(found.file_name, "seed42.png");
     assert_eq!(found.metadata, meta(Some(42)));
-    assert!(!found.favourite && found.identity_match.is_none());
+    assert!(!found.favourite && found.metadata.identity_match.is_none());
 }
 
 #[test]
@@ -292,12 +295,13 @@ fn index_entries_outside_the_folder_are_dropped() {
         .unwrap();
 
     let gallery = Gallery::open(&dir).unwrap();
-    // arc2face-seed2.png and arc2face-noise0.png are still in the folder, so they come back as new entries.
+    // arc2face-seed2.png and arc2face-noise0.png are still in the folder, so they come back, with
+    // the ids their PNGs record.
     assert_eq!(gallery.get(1).unwrap().file_name, "arc2face-seed1.png");
     let mut names: Vec<&str> = gallery.entries().iter().map(|e| e.file_name.as_str()).collect();
     names.sort();
     assert_eq!(names, ["arc2face-noise0.png", "arc2face-seed1.png", "arc2face-seed2.png"]);
-    assert_eq!(ids(&gallery), [1, 4, 5]);
+    assert_eq!(ids(&gallery), [1, 2, 3]);
     assert!(outside.is_file());
 }
 
@@ -320,7 +324,7 @@ fn a_read_only_folder_fails_the_add_and_keeps_the_index() {
         return;
     }
 
-    let added = gallery.add(&image(40), meta(Some(4)), None).map(|entry| entry.id);
+    let added = gallery.add(&image(40), scored(meta(Some(4)), None)).map(|entry| entry.id);
     let favourite = gallery.set_favourite(1, true);
     let removed = gallery.remove(&[2]);
     set_mode(0o755);
@@ -350,7 +354,7 @@ fn galleries_and_pngs_of_version_0_1_keep_loading() {
     assert_eq!(ids(&gallery), [1, 2]);
     let second = gallery.get(2).unwrap();
     assert!(second.favourite);
-    assert_eq!(second.identity_match, Some(0.75));
+    assert_eq!(second.metadata.identity_match, Some(0.75));
     let spec = &second.metadata.spec;
     assert_eq!((spec.seed, spec.steps, spec.guidance, spec.size), (Some(12), 3, 3.0, Some(16)));
     let IdentitySource::Faces { faces } = &spec.identity else { panic!("a photo identity: {:?}", spec.identity) };
@@ -365,4 +369,24 @@ fn galleries_and_pngs_of_version_0_1_keep_loading() {
     assert_eq!((png.spec.seed, png.spec.steps, png.spec.guidance, png.width), (Some(7), 3, 2.5, 32));
     assert_eq!(png.spec.identity, IdentitySource::Embedding { file: "id_embedding.npy".into() });
     assert_eq!(png.model_files.len(), 7);
+}
+
+/// The PNGs themselves hold each image's id and favourite, and its identity match, so an index
+/// rebuilt from them (lost, or damaged) is the index that was lost.
+#[test]
+fn a_rebuilt_index_keeps_ids_favourites_and_matches() {
+    let root = tempfile::tempdir().unwrap();
+    let mut gallery = three(root.path());
+    gallery.remove(&[1]).unwrap();
+    gallery.set_favourite(3, true).unwrap();
+    gallery.add(&image(40), scored(meta(Some(4)), Some(0.3))).unwrap();
+    let before = gallery.entries().to_vec();
+    drop(gallery);
+    std::fs::remove_file(index_path(root.path())).unwrap();
+    let rebuilt = Gallery::open(root.path()).unwrap();
+    assert_eq!(rebuilt.entries(), &before[..]);
+    assert_eq!(ids(&rebuilt), [2, 3, 4]);
+    assert!(rebuilt.get(3).unwrap().favourite);
+    // The pixels are untouched by the records written into the file.
+    assert_eq!(image::open(rebuilt.path(rebuilt.get(3).unwrap())).unwrap().to_rgb8(), image(30));
 }

@@ -11,6 +11,7 @@ use crate::engine::{FaceRef, GenerationSpec, IdentitySource, ImageMetadata};
 use crate::gallery::history::SortOrder;
 use crate::models::ModelsDir;
 use crate::worker::{Command, GenerationRequest};
+use super::gallery_thread::Request as GalleryRequest;
 
 #[derive(Debug, Clone)]
 pub enum Action {
@@ -207,7 +208,7 @@ impl StudioApp {
                 }
             }
             JobAction::UseSeedOf(id) => {
-                if let Some(seed) = state.gallery.gallery.get(id).and_then(|e| e.metadata.spec.seed) {
+                if let Some(seed) = state.gallery.get(id).and_then(|e| e.metadata.spec.seed) {
                     state.settings.spec.seed = Some(seed);
                     state.settings.seed_locked = true;
                 }
@@ -220,6 +221,10 @@ impl StudioApp {
         let state = &mut self.state;
         let Some(photo) = &state.photo else {
             notify_error(state, "Open a photo with a face first".into());
+            return;
+        };
+        let Some(gallery_dir) = state.gallery.dir.clone() else {
+            notify_error(state, "The gallery is still opening; press Generate again in a moment".into());
             return;
         };
         let Some(face_index) = photo.selected_face else {
@@ -240,7 +245,7 @@ impl StudioApp {
             job_id: state.next_job_id,
             spec: GenerationSpec { identity: IdentitySource::Faces { faces }, ..state.settings.spec.clone() },
             identity: crate::face::mean_identity(&embeddings),
-            gallery_dir: state.gallery.gallery.dir().to_path_buf(),
+            gallery_dir,
         };
         state.next_job_id += 1;
         state.queue.push_back(request);
@@ -250,13 +255,23 @@ impl StudioApp {
     fn apply_gallery(&mut self, action: GalleryAction) {
         let state = &mut self.state;
         let gallery = &mut state.gallery;
-        match action {
-            GalleryAction::Select { id, extend, toggle } => select_entry(gallery, id, extend, toggle),
-            GalleryAction::SelectAll => gallery.selection = gallery.gallery.entries().iter().map(|e| e.id).collect(),
-            GalleryAction::ClearSelection => gallery.selection.clear(),
+        let request = match action {
+            GalleryAction::Select { id, extend, toggle } => {
+                select_entry(gallery, id, extend, toggle);
+                None
+            }
+            GalleryAction::SelectAll => {
+                gallery.selection = gallery.entries.iter().map(|e| e.id).collect();
+                None
+            }
+            GalleryAction::ClearSelection => {
+                gallery.selection.clear();
+                None
+            }
             GalleryAction::Open(id) => {
                 gallery.opened = id;
                 gallery.comparing = None;
+                None
             }
             GalleryAction::CompareSelected => {
                 let mut selected = gallery.selection.iter().copied();
@@ -264,51 +279,32 @@ impl StudioApp {
                     gallery.comparing = Some((a, b));
                     gallery.opened = None;
                 }
+                None
             }
             GalleryAction::ToggleFavourite(id) => {
-                let favourite = gallery.gallery.get(id).is_some_and(|e| !e.favourite);
-                if let Err(e) = gallery.gallery.set_favourite(id, favourite) {
-                    notify_error(state, e.to_string());
-                }
+                gallery.get(id).map(|entry| GalleryRequest::SetFavourite { id, favourite: !entry.favourite })
             }
             GalleryAction::DeleteSelected => {
                 let ids: Vec<u64> = gallery.selection.iter().copied().collect();
-                if ids.is_empty() {
-                    return;
-                }
-                match gallery.gallery.remove(&ids) {
-                    Ok(removed) => {
-                        gallery.last_removed = Some(removed);
-                        gallery.selection.clear();
-                        gallery.opened = None;
-                        gallery.comparing = None;
-                        state.notices.push(Notice { text: format!("Deleted {} image(s) — Undo with Ctrl+Z", ids.len()), is_error: false });
-                    }
-                    Err(e) => notify_error(state, e.to_string()),
-                }
+                (!ids.is_empty()).then_some(GalleryRequest::Remove { ids })
             }
-            GalleryAction::UndoDelete => {
-                if let Some(removed) = gallery.last_removed.take()
-                    && let Err(e) = gallery.gallery.undo_remove(removed)
-                {
-                    notify_error(state, e.to_string());
-                }
-            }
+            GalleryAction::UndoDelete => gallery.last_removed.take().map(GalleryRequest::UndoRemove),
             GalleryAction::BrowseExport => {
                 if let Some(dir) = rfd::FileDialog::new().pick_folder() {
                     self.apply_gallery(GalleryAction::ExportTo(dir));
                 }
+                None
             }
-            GalleryAction::ExportTo(dir) => {
-                let ids: Vec<u64> = gallery.selection.iter().copied().collect();
-                match gallery.gallery.export(&ids, &dir) {
-                    Ok(paths) => state
-                        .notices
-                        .push(Notice { text: format!("Exported {} image(s) to {}", paths.len(), dir.display()), is_error: false }),
-                    Err(e) => notify_error(state, e.to_string()),
-                }
+            GalleryAction::ExportTo(dest) => Some(GalleryRequest::Export { ids: gallery.selection.iter().copied().collect(), dest }),
+            GalleryAction::SetSort(order) => {
+                gallery.sort = order;
+                None
             }
-            GalleryAction::SetSort(order) => gallery.sort = order,
+        };
+        if let Some(request) = request
+            && !self.gallery_thread.send(request)
+        {
+            notify_error(&mut self.state, "The gallery is busy with earlier changes; try again in a moment".into());
         }
     }
 
@@ -377,7 +373,7 @@ fn keep_selected_face(state: &mut AppState) {
 
 fn select_entry(gallery: &mut GalleryState, id: u64, extend: bool, toggle: bool) {
     if extend && let Some(anchor) = gallery.anchor {
-        let order: Vec<u64> = gallery.gallery.sorted(gallery.sort).iter().map(|e| e.id).collect();
+        let order: Vec<u64> = gallery.sorted().iter().map(|e| e.id).collect();
         if let (Some(a), Some(b)) = (order.iter().position(|&x| x == anchor), order.iter().position(|&x| x == id)) {
             gallery.selection.extend(&order[a.min(b)..=a.max(b)]);
             return;

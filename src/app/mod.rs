@@ -3,6 +3,7 @@
 //! `drain_events` folds the worker's events back in, a few milliseconds' worth per frame.
 
 mod actions;
+mod gallery_thread;
 mod models_task;
 mod panels;
 pub mod state;
@@ -16,7 +17,7 @@ use egui::{ColorImage, TextureOptions};
 use image::RgbImage;
 
 use crate::engine::{ErrorKind, JobOutcome};
-use crate::gallery::history::{Gallery, SortOrder};
+use crate::gallery::history::SortOrder;
 use crate::gallery::metadata;
 use crate::models::hub::HubConfig;
 use crate::models::{self, ModelsDir};
@@ -25,7 +26,8 @@ pub use actions::{Action, GalleryAction, JobAction, ModelsAction, PhotoAction};
 use actions::notify_error;
 use models_task::{ModelsState, ModelsTask};
 use state::*;
-use thumbnails::ThumbnailLoader;
+use gallery_thread::{GalleryThread, Report as GalleryReport, Request as GalleryRequest};
+use thumbnails::{Size, ThumbnailLoader};
 
 const SETTINGS_KEY: &str = "arc2face-settings";
 /// How long one frame may spend folding in worker events.
@@ -37,9 +39,13 @@ pub struct StudioApp {
     /// local server).
     pub hub: HubConfig,
     worker: Worker,
+    gallery_thread: GalleryThread,
+    /// Finished images waiting for the gallery thread to record them, by path: their textures
+    /// are made once they have an id.
+    pending_images: HashMap<PathBuf, RgbImage>,
     thumbnails: ThumbnailLoader,
-    /// Gallery entries whose images were asked of the thumbnail thread.
-    thumbnails_requested: HashSet<u64>,
+    /// Images asked of the thumbnail thread and not yet received.
+    images_requested: HashSet<(u64, Size)>,
     ctx: egui::Context,
 }
 
@@ -53,14 +59,14 @@ pub fn default_gallery_dir() -> PathBuf {
 
 /// Opens the window and runs until it closes.
 pub fn run(models_dir: Option<PathBuf>, photos: Vec<PathBuf>) -> anyhow::Result<()> {
-    let icon = eframe::icon_data::from_png_bytes(include_bytes!("../../icons/hicolor/256x256/apps/io.github.arc2face.Studio.png"))
-        .expect("the embedded icon is a PNG");
+    // A broken icon must not keep the app from starting.
+    let icon = eframe::icon_data::from_png_bytes(include_bytes!("../../icons/hicolor/256x256/apps/io.github.arc2face.Studio.png")).ok();
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
             .with_title("Arc2Face Studio")
             // The desktop file's name and StartupWMClass: desktops match the window to it.
             .with_app_id(APP_ID)
-            .with_icon(std::sync::Arc::new(icon))
+            .with_icon(std::sync::Arc::new(icon.unwrap_or_default()))
             .with_inner_size([1280.0, 800.0])
             .with_min_inner_size([800.0, 560.0])
             .with_drag_and_drop(true),
@@ -69,28 +75,30 @@ pub fn run(models_dir: Option<PathBuf>, photos: Vec<PathBuf>) -> anyhow::Result<
     eframe::run_native(
         "Arc2Face Studio",
         options,
-        Box::new(move |cc| Ok(Box::new(StudioApp::new(cc, models_dir, default_gallery_dir(), photos)))),
+        Box::new(move |cc| Ok(Box::new(StudioApp::new(cc, models_dir, default_gallery_dir(), photos)?))),
     )
     .map_err(|e| anyhow::anyhow!("the window could not be opened: {e}"))
 }
 
 impl StudioApp {
     /// `models_dir` overrides the saved one (from `--models`); `photos` are loaded at start.
-    pub fn new(cc: &eframe::CreationContext<'_>, models_dir: Option<PathBuf>, gallery_dir: PathBuf, photos: Vec<PathBuf>) -> Self {
+    /// Fails only when the system cannot start the app's threads.
+    pub fn new(
+        cc: &eframe::CreationContext<'_>,
+        models_dir: Option<PathBuf>,
+        gallery_dir: PathBuf,
+        photos: Vec<PathBuf>,
+    ) -> std::io::Result<Self> {
         let settings: Settings = cc.storage.and_then(|s| eframe::get_value(s, SETTINGS_KEY)).unwrap_or_default();
         let models_dir = models_dir.or_else(|| settings.models_dir.clone()).unwrap_or_else(models::default_models_dir);
         let ctx = cc.egui_ctx.clone();
-        let wake_ctx = ctx.clone();
-        let worker = Worker::spawn(models_dir.clone(), move || wake_ctx.request_repaint()).expect("the worker thread starts");
-        let mut notices = Vec::new();
-        let gallery = Gallery::open(&gallery_dir).unwrap_or_else(|e| {
-            notices.push(Notice {
-                text: format!("The gallery could not be opened ({e}); results are kept in a temporary folder"),
-                is_error: true,
-            });
-            let fallback = std::env::temp_dir().join(format!("arc2face-gallery-{}", std::process::id()));
-            Gallery::open(&fallback).expect("a gallery in the temporary folder")
-        });
+        let waker = || {
+            let ctx = ctx.clone();
+            move || ctx.request_repaint()
+        };
+        let worker = Worker::spawn(models_dir.clone(), waker())?;
+        let gallery_thread = GalleryThread::spawn(gallery_dir, waker())?;
+        let thumbnails = ThumbnailLoader::spawn(waker())?;
         let mut models = ModelsState::default();
         models.refresh(&ModelsDir::new(&models_dir));
         let mut app = Self {
@@ -108,30 +116,32 @@ impl StudioApp {
                 running: None,
                 next_job_id: 1,
                 busy: None,
-                notices,
+                notices: Vec::new(),
                 gallery: GalleryState {
-                    gallery,
+                    dir: None,
+                    entries: Vec::new(),
                     selection: BTreeSet::new(),
                     anchor: None,
                     sort: SortOrder::Newest,
                     thumbnails: HashMap::new(),
+                    full_size: Vec::new(),
                     last_removed: None,
                     opened: None,
                     comparing: None,
+                    open_newest: false,
                 },
             },
             worker,
-            thumbnails: ThumbnailLoader::spawn({
-                let ctx = ctx.clone();
-                move || ctx.request_repaint()
-            }),
-            thumbnails_requested: HashSet::new(),
+            gallery_thread,
+            pending_images: HashMap::new(),
+            thumbnails,
+            images_requested: HashSet::new(),
             ctx,
         };
         for photo in photos {
             app.apply(PhotoAction::Open(photo));
         }
-        app
+        Ok(app)
     }
 
     fn start_next_job(&mut self) {
@@ -233,22 +243,17 @@ impl StudioApp {
                     }
                 }
             }
-            Event::ImageReady { image, saved, metadata, identity_match, .. } => {
-                let recorded = saved.and_then(|path| {
-                    let entry = state.gallery.gallery.adopt(&path, metadata, identity_match).map_err(|e| {
-                        format!("{e}; the image itself is safe at {} and the gallery finds it when it next opens", path.display())
-                    })?;
-                    Ok(entry.id)
-                });
-                match recorded {
-                    Ok(id) => {
-                        let texture = self.ctx.load_texture(format!("entry:{id}"), color_image(&image), TextureOptions::LINEAR);
-                        state.gallery.thumbnails.insert(id, texture);
+            Event::ImageReady { image, saved, metadata, .. } => match saved {
+                Ok(path) => {
+                    if self.gallery_thread.send(GalleryRequest::Adopt { path: path.clone(), metadata: Box::new(metadata) }) {
+                        self.pending_images.insert(path, image);
+                    } else {
+                        notify_error(state, format!("The gallery is busy; {} is saved and appears when the gallery next opens", path.display()));
                     }
-                    // Never drop a result silently: say where it failed.
-                    Err(e) => notify_error(state, format!("A finished image could not be saved: {e}")),
                 }
-            }
+                // Never drop a result silently: say where it failed.
+                Err(e) => notify_error(state, format!("A finished image could not be saved: {e}")),
+            },
             Event::JobFinished { job_id, outcome } => {
                 if state.running.as_ref().is_some_and(|r| r.request.job_id == job_id) {
                     state.running = None;
@@ -256,9 +261,10 @@ impl StudioApp {
                 if outcome == JobOutcome::Cancelled {
                     state.notices.push(Notice { text: "Generation cancelled; finished images were kept".into(), is_error: false });
                 }
-                // Show the newest result large, unless the user is looking at something else.
+                // Show the newest result large (once the gallery has it), unless the user is
+                // looking at something else.
                 if state.gallery.opened.is_none() && state.gallery.comparing.is_none() && state.queue.is_empty() {
-                    state.gallery.opened = state.gallery.gallery.entries().last().map(|e| e.id);
+                    state.gallery.open_newest = true;
                 }
                 self.start_next_job();
             }
@@ -273,20 +279,95 @@ impl StudioApp {
         }
     }
 
-    /// Asks the thumbnail thread for gallery images not yet shown and uploads those it has
-    /// decoded; the gallery shows a placeholder until then.
-    fn load_thumbnails(&mut self) {
+    /// Folds in the gallery thread's reports.
+    fn drain_gallery(&mut self) {
+        let started = Instant::now();
+        while started.elapsed() < EVENT_BUDGET {
+            let Some(report) = self.gallery_thread.try_recv() else { break };
+            let state = &mut self.state;
+            let gallery = &mut state.gallery;
+            match report {
+                GalleryReport::Opened { dir, entries, problem } => {
+                    gallery.dir = Some(dir);
+                    gallery.entries = entries;
+                    if let Some(problem) = problem {
+                        notify_error(state, problem);
+                    }
+                }
+                GalleryReport::Changed { entries } => gallery.entries = entries,
+                GalleryReport::Added { id, path, entries } => {
+                    gallery.entries = entries;
+                    if let Some(image) = self.pending_images.remove(&path) {
+                        let thumbnail = color_image(&thumbnails::downscale(&image));
+                        gallery.thumbnails.insert(id, self.ctx.load_texture(format!("entry:{id}"), thumbnail, TextureOptions::LINEAR));
+                        let full = self.ctx.load_texture(format!("entry-full:{id}"), color_image(&image), TextureOptions::LINEAR);
+                        keep_full_size(gallery, id, full);
+                    }
+                }
+                GalleryReport::Removed { removed, entries } => {
+                    let count = removed.entries().len();
+                    gallery.entries = entries;
+                    gallery.last_removed = Some(removed);
+                    gallery.selection.clear();
+                    gallery.opened = None;
+                    gallery.comparing = None;
+                    state.notices.push(Notice { text: format!("Deleted {count} image(s) — Undo with Ctrl+Z"), is_error: false });
+                }
+                GalleryReport::Exported { count, dest } => {
+                    state.notices.push(Notice { text: format!("Exported {count} image(s) to {}", dest.display()), is_error: false });
+                }
+                GalleryReport::Failed { message, path } => {
+                    if let Some(path) = path {
+                        self.pending_images.remove(&path);
+                        let text = format!("{message}; the image itself is safe at {} and the gallery finds it when it next opens", path.display());
+                        notify_error(state, text);
+                    } else {
+                        notify_error(state, message);
+                    }
+                }
+            }
+        }
         let gallery = &mut self.state.gallery;
-        for entry in gallery.gallery.entries() {
-            if !gallery.thumbnails.contains_key(&entry.id) && self.thumbnails_requested.insert(entry.id) {
-                self.thumbnails.request(entry.id, gallery.gallery.path(entry));
+        if gallery.open_newest && self.pending_images.is_empty() {
+            gallery.open_newest = false;
+            gallery.opened = gallery.entries.last().map(|e| e.id);
+        }
+    }
+
+    /// Asks the thumbnail thread for the images the gallery shows and does not have yet (a
+    /// thumbnail of every entry, full size for those opened large) and uploads those it has
+    /// decoded; the gallery shows a placeholder until then.
+    fn load_gallery_images(&mut self) {
+        let gallery = &mut self.state.gallery;
+        let Some(dir) = &gallery.dir else { return };
+        let opened = gallery.opened.into_iter().chain(gallery.comparing.into_iter().flat_map(|(a, b)| [a, b]));
+        let wanted_full: Vec<u64> = opened.filter(|&id| gallery.full_size(id).is_none()).collect();
+        let wanted = gallery
+            .entries
+            .iter()
+            .filter(|e| !gallery.thumbnails.contains_key(&e.id))
+            .map(|e| (e.id, Size::Thumbnail))
+            .chain(wanted_full.into_iter().map(|id| (id, Size::Full)));
+        for (id, size) in wanted {
+            let Some(entry) = gallery.get(id) else { continue };
+            if !self.images_requested.contains(&(id, size)) {
+                if !self.thumbnails.request(id, dir.join(&entry.file_name), size) {
+                    break;
+                }
+                self.images_requested.insert((id, size));
             }
         }
         let started = Instant::now();
         while started.elapsed() < EVENT_BUDGET {
-            let Some((id, image)) = self.thumbnails.try_recv() else { break };
-            let texture = self.ctx.load_texture(format!("entry:{id}"), color_image(&image), TextureOptions::LINEAR);
-            gallery.thumbnails.insert(id, texture);
+            let Some((id, size, image)) = self.thumbnails.try_recv() else { break };
+            self.images_requested.remove(&(id, size));
+            let texture = self.ctx.load_texture(format!("entry:{id}:{size:?}"), color_image(&image), TextureOptions::LINEAR);
+            match size {
+                Size::Thumbnail => {
+                    gallery.thumbnails.insert(id, texture);
+                }
+                Size::Full => keep_full_size(gallery, id, texture),
+            }
         }
     }
 
@@ -334,7 +415,7 @@ impl StudioApp {
     /// The gallery entry `step` places from the current one, in display order.
     fn neighbour_entry(&self, step: i64) -> Option<u64> {
         let gallery = &self.state.gallery;
-        let order: Vec<u64> = gallery.gallery.sorted(gallery.sort).iter().map(|e| e.id).collect();
+        let order: Vec<u64> = gallery.sorted().iter().map(|e| e.id).collect();
         let current = gallery.opened.or(gallery.anchor)?;
         let at = order.iter().position(|&id| id == current)? as i64 + step;
         order.get(usize::try_from(at).ok()?).copied()
@@ -344,7 +425,8 @@ impl StudioApp {
 impl eframe::App for StudioApp {
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
         self.drain_events();
-        self.load_thumbnails();
+        self.drain_gallery();
+        self.load_gallery_images();
         let ctx = ui.ctx().clone();
         self.handle_input(&ctx);
         let actions = panels::show(ui, &self.state);
@@ -373,6 +455,19 @@ fn failure_text(error: &JobError) -> String {
         ErrorKind::BadInput | ErrorKind::Internal => "",
     };
     format!("Generation failed: {}{hint}", error.message)
+}
+
+/// How many full-size images stay uploaded: the ones opened large, and a few recent ones.
+const FULL_SIZE_KEPT: usize = 4;
+
+/// Keeps `texture` as `id`'s full-size image, dropping the least recently used beyond
+/// [`FULL_SIZE_KEPT`].
+fn keep_full_size(gallery: &mut GalleryState, id: u64, texture: egui::TextureHandle) {
+    gallery.full_size.retain(|(entry, _)| *entry != id);
+    gallery.full_size.push((id, texture));
+    if gallery.full_size.len() > FULL_SIZE_KEPT {
+        drop(gallery.full_size.remove(0));
+    }
 }
 
 pub fn color_image(image: &RgbImage) -> ColorImage {

@@ -452,9 +452,10 @@ fn central(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
 }
 
 fn large_entry(ui: &mut Ui, state: &AppState, id: u64) {
-    let Some(entry) = state.gallery.gallery.get(id) else { return };
+    let Some(entry) = state.gallery.get(id) else { return };
     ui.label(entry_caption(entry));
-    if let Some(texture) = state.gallery.thumbnails.get(&id) {
+    // The thumbnail stands in until the full-size image is decoded.
+    if let Some(texture) = state.gallery.full_size(id).or_else(|| state.gallery.thumbnails.get(&id)) {
         let side = ui.available_width().min(ui.available_height()).max(64.0);
         ui.add(egui::Image::new(texture).fit_to_exact_size(Vec2::splat(side)));
     }
@@ -462,7 +463,7 @@ fn large_entry(ui: &mut Ui, state: &AppState, id: u64) {
 
 fn entry_caption(entry: &crate::gallery::history::GalleryEntry) -> String {
     let seed = entry.metadata.spec.seed.map_or("—".to_string(), |s| s.to_string());
-    let matched = entry.identity_match.map_or(String::new(), |m| format!(" · match {m:.2}"));
+    let matched = entry.metadata.identity_match.map_or(String::new(), |m| format!(" · match {m:.2}"));
     format!("seed {seed}{matched}")
 }
 
@@ -471,7 +472,7 @@ fn gallery(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
     let selected = gallery.selection.len();
     ui.horizontal(|ui| {
         ui.heading("Gallery");
-        ui.label(format!("{} image(s), {selected} selected", gallery.gallery.entries().len()));
+        ui.label(format!("{} image(s), {selected} selected", gallery.entries.len()));
         ui.separator();
         for (label, order) in [("Newest", SortOrder::Newest), ("Oldest", SortOrder::Oldest), ("Best match", SortOrder::BestMatch)] {
             if ui.selectable_label(gallery.sort == order, label).clicked() {
@@ -497,7 +498,7 @@ fn gallery(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
     });
     egui::ScrollArea::vertical().show(ui, |ui| {
         ui.horizontal_wrapped(|ui| {
-            for entry in gallery.gallery.sorted(gallery.sort) {
+            for entry in gallery.sorted() {
                 let id = entry.id;
                 let is_selected = gallery.selection.contains(&id);
                 ui.vertical(|ui| {

@@ -1,6 +1,6 @@
 //! The app's state as plain data: what the panels read and what actions change.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::models_task::ModelsState;
 use crate::engine::{FaceRef, GenerationSpec};
 use crate::face::Face;
-use crate::gallery::history::{Gallery, Removed, SortOrder};
+use crate::gallery::history::{GalleryEntry, Removed, SortOrder};
 use crate::worker::GenerationRequest;
 
 /// What persists across runs (eframe storage). Every field has a default, so a settings file
@@ -86,18 +86,43 @@ pub struct Notice {
     pub is_error: bool,
 }
 
+/// The gallery as the UI sees it: a copy of the entries the gallery thread keeps, and what the
+/// user has selected and opened.
 pub struct GalleryState {
-    pub gallery: Gallery,
+    /// Where the gallery lives; `None` until the gallery thread has opened it.
+    pub dir: Option<PathBuf>,
+    /// All entries in insertion order, as the gallery thread last reported them.
+    pub entries: Vec<GalleryEntry>,
     pub selection: BTreeSet<u64>,
     /// The entry shift-click extends a selection from.
     pub anchor: Option<u64>,
     pub sort: SortOrder,
-    pub thumbnails: std::collections::HashMap<u64, TextureHandle>,
+    /// Downscaled images for the strip.
+    pub thumbnails: HashMap<u64, TextureHandle>,
+    /// Full-size images of the entries opened large, the most recently used last; a few at most.
+    pub full_size: Vec<(u64, TextureHandle)>,
     pub last_removed: Option<Removed>,
     /// Shown large in the central panel when set.
     pub opened: Option<u64>,
     /// Two entries side by side.
     pub comparing: Option<(u64, u64)>,
+    /// A finished job asked for its newest image to be opened once the gallery has it.
+    pub open_newest: bool,
+}
+
+impl GalleryState {
+    pub fn get(&self, id: u64) -> Option<&GalleryEntry> {
+        self.entries.binary_search_by_key(&id, |e| e.id).ok().map(|i| &self.entries[i])
+    }
+
+    pub fn sorted(&self) -> Vec<&GalleryEntry> {
+        crate::gallery::history::sorted(&self.entries, self.sort)
+    }
+
+    /// The full-size texture of `id`, if loaded.
+    pub fn full_size(&self, id: u64) -> Option<&TextureHandle> {
+        self.full_size.iter().find(|(entry, _)| *entry == id).map(|(_, texture)| texture)
+    }
 }
 
 pub struct AppState {

@@ -348,6 +348,8 @@ impl Arc2FacePipeline {
             height: size,
             ran_on: self.runtime.describe(),
             model_files: self.files.clone(),
+            created_unix_ms: crate::unix_ms(std::time::SystemTime::now()),
+            identity_match: None,
         }
     }
 

@@ -82,6 +82,13 @@ pub struct ImageMetadata {
     pub ran_on: String,
     /// Every model file the job read, with its size.
     pub model_files: Vec<LoadedFile>,
+    /// When it was made (Unix milliseconds; 0 when unknown).
+    #[serde(default)]
+    pub created_unix_ms: u64,
+    /// How well it keeps the identity: the cosine between the identity and the largest face
+    /// found in it, when one was found.
+    #[serde(default)]
+    pub identity_match: Option<f32>,
 }
 
 /// A model file a pipeline read, relative to the models folder, and its size.

@@ -14,13 +14,12 @@
 use std::collections::HashSet;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::ImageMetadata;
-use crate::gallery::metadata::{self, StoredMetadata};
+use crate::gallery::metadata::{self, GalleryRecord, StoredMetadata};
 
 const INDEX_FILE: &str = "gallery.json";
 /// Version 2 holds [`ImageMetadata`]; version 1 (app 0.1.0) held its flat predecessor, and is
@@ -30,19 +29,42 @@ const OLDEST_INDEX_VERSION: u32 = 1;
 const TRASH_DIR: &str = "trash";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "StoredEntry")]
 pub struct GalleryEntry {
-    /// Unique and increasing in insertion order; never reused, even after deletes.
+    /// Unique and increasing in insertion order; never reused, even after deletes. Also kept in
+    /// the PNG ([`metadata::GalleryRecord`]), so a rebuilt index keeps it.
     pub id: u64,
     /// The PNG, directly inside the gallery folder.
     pub file_name: String,
-    #[serde(deserialize_with = "stored_metadata")]
     pub metadata: ImageMetadata,
-    pub created_unix_ms: u64,
-    #[serde(default)]
+    /// Also kept in the PNG.
     pub favourite: bool,
-    /// Cosine similarity with the chosen face, when it was measured.
+}
+
+/// An index entry as any version wrote it: version 1 kept the creation time and the identity
+/// match beside the metadata; now the metadata holds them.
+#[derive(Deserialize)]
+struct StoredEntry {
+    id: u64,
+    file_name: String,
+    metadata: StoredMetadata,
     #[serde(default)]
-    pub identity_match: Option<f32>,
+    favourite: bool,
+    #[serde(default)]
+    created_unix_ms: Option<u64>,
+    #[serde(default)]
+    identity_match: Option<f32>,
+}
+
+impl From<StoredEntry> for GalleryEntry {
+    fn from(stored: StoredEntry) -> Self {
+        let mut metadata: ImageMetadata = stored.metadata.into();
+        if let Some(created) = stored.created_unix_ms {
+            metadata.created_unix_ms = created;
+        }
+        metadata.identity_match = metadata.identity_match.or(stored.identity_match);
+        GalleryEntry { id: stored.id, file_name: stored.file_name, metadata, favourite: stored.favourite }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,8 +112,6 @@ pub enum GalleryError {
     WritePng(#[from] metadata::WriteError),
     #[error("no image with id {id} in the gallery {}", dir.display())]
     UnknownId { id: u64, dir: PathBuf },
-    #[error("identity match {score} for image {id} in {} is not a finite number", dir.display())]
-    InvalidScore { id: u64, score: f32, dir: PathBuf },
 }
 
 /// Builds the `map_err` closure for an I/O step on `path`.
@@ -150,12 +170,23 @@ impl Gallery {
         dirty |= next_id != loaded.next_id;
 
         // PNGs of ours that the index does not know: a crash between writing a PNG and writing
-        // the index, or an index that was lost. They join at the end, oldest first.
-        for (file_name, metadata, created_unix_ms) in unindexed_pngs(dir, &seen_names)? {
-            entries.push(GalleryEntry { id: next_id, file_name, metadata, created_unix_ms, favourite: false, identity_match: None });
-            next_id += 1;
+        // the index, or an index that was lost. They keep the id and favourite their PNG
+        // records when that id is free, and join oldest first.
+        for (file_name, metadata, record) in unindexed_pngs(dir, &seen_names)? {
+            let id = match record {
+                Some(record) if seen_ids.insert(record.id) => record.id,
+                _ => {
+                    while !seen_ids.insert(next_id) {
+                        next_id += 1;
+                    }
+                    next_id
+                }
+            };
+            next_id = next_id.max(id + 1);
+            entries.push(GalleryEntry { id, file_name, metadata, favourite: record.is_some_and(|r| r.favourite) });
             dirty = true;
         }
+        entries.sort_by_key(|entry| entry.id);
 
         let index = Index { version: INDEX_VERSION, next_id, entries };
         if dirty {
@@ -174,19 +205,7 @@ impl Gallery {
     }
 
     pub fn sorted(&self, order: SortOrder) -> Vec<&GalleryEntry> {
-        let newest_first = |a: &&GalleryEntry, b: &&GalleryEntry| (b.created_unix_ms, b.id).cmp(&(a.created_unix_ms, a.id));
-        let mut sorted: Vec<&GalleryEntry> = self.entries.iter().collect();
-        match order {
-            SortOrder::Newest => sorted.sort_by(newest_first),
-            SortOrder::Oldest => sorted.sort_by(|a, b| newest_first(b, a)),
-            SortOrder::BestMatch => sorted.sort_by(|a, b| match (a.identity_match, b.identity_match) {
-                (Some(x), Some(y)) => y.total_cmp(&x).then_with(|| newest_first(a, b)),
-                (Some(_), None) => std::cmp::Ordering::Less,
-                (None, Some(_)) => std::cmp::Ordering::Greater,
-                (None, None) => newest_first(a, b),
-            }),
-        }
-        sorted
+        sorted(&self.entries, order)
     }
 
     pub fn get(&self, id: u64) -> Option<&GalleryEntry> {
@@ -199,39 +218,35 @@ impl Gallery {
 
     /// Writes `image` with its metadata as a new PNG and records it. On error nothing changes:
     /// a PNG written before the index failed is deleted again.
-    pub fn add(
-        &mut self,
-        image: &RgbImage,
-        metadata: ImageMetadata,
-        identity_match: Option<f32>,
-    ) -> Result<&GalleryEntry, GalleryError> {
+    pub fn add(&mut self, image: &RgbImage, metadata: ImageMetadata) -> Result<&GalleryEntry, GalleryError> {
         let path = write_image(&self.dir, image, &metadata)?;
-        self.adopt(&path, metadata, identity_match).inspect_err(|_| {
+        self.adopt(&path, metadata).inspect_err(|_| {
             let _ = std::fs::remove_file(&path);
         })
     }
 
-    /// Records a PNG that [`write_image`] put into this gallery's folder.
-    pub fn adopt(&mut self, path: &Path, metadata: ImageMetadata, identity_match: Option<f32>) -> Result<&GalleryEntry, GalleryError> {
+    /// Records a PNG that [`write_image`] put into this gallery's folder, giving it the next id
+    /// (written into the PNG too).
+    pub fn adopt(&mut self, path: &Path, metadata: ImageMetadata) -> Result<&GalleryEntry, GalleryError> {
         let id = self.next_id;
-        if let Some(score) = identity_match {
-            self.check_score(id, score)?;
-        }
-        let entry =
-            GalleryEntry { id, file_name: crate::file_name(path), metadata, created_unix_ms: now_unix_ms(), favourite: false, identity_match };
+        metadata::write_gallery_record(path, &GalleryRecord { id, favourite: false }).map_err(io_error("record the image in", path))?;
+        let entry = GalleryEntry { id, file_name: crate::file_name(path), metadata, favourite: false };
         let mut entries = self.entries.clone();
         entries.push(entry);
         self.commit(entries, id + 1)?;
         Ok(&self.entries[self.entries.len() - 1])
     }
 
-    pub fn set_identity_match(&mut self, id: u64, score: f32) -> Result<(), GalleryError> {
-        self.check_score(id, score)?;
-        self.update(id, |entry| entry.identity_match = Some(score))
-    }
-
+    /// Marks an image as a favourite or not, in its PNG and in the index.
     pub fn set_favourite(&mut self, id: u64, favourite: bool) -> Result<(), GalleryError> {
-        self.update(id, |entry| entry.favourite = favourite)
+        let at = self.position(id).map_err(|_| self.unknown(id))?;
+        let path = self.path(&self.entries[at]);
+        metadata::write_gallery_record(&path, &GalleryRecord { id, favourite }).map_err(io_error("record the favourite in", &path))?;
+        let mut entries = self.entries.clone();
+        entries[at].favourite = favourite;
+        self.commit(entries, self.next_id).inspect_err(|_| {
+            let _ = metadata::write_gallery_record(&path, &GalleryRecord { id, favourite: !favourite });
+        })
     }
 
     /// Removes the entries and moves their PNGs to `trash/`, where [`Gallery::undo_remove`] finds
@@ -321,14 +336,6 @@ impl Gallery {
         Ok(exported)
     }
 
-    /// Applies `change` to one entry and saves.
-    fn update(&mut self, id: u64, change: impl FnOnce(&mut GalleryEntry)) -> Result<(), GalleryError> {
-        let at = self.position(id).map_err(|_| self.unknown(id))?;
-        let mut entries = self.entries.clone();
-        change(&mut entries[at]);
-        self.commit(entries, self.next_id)
-    }
-
     /// Writes the new state as the index, atomically, and adopts it only once it is on disk.
     fn commit(&mut self, entries: Vec<GalleryEntry>, next_id: u64) -> Result<(), GalleryError> {
         let index = Index { version: INDEX_VERSION, next_id, entries };
@@ -346,16 +353,29 @@ impl Gallery {
         GalleryError::UnknownId { id, dir: self.dir.clone() }
     }
 
-    /// A NaN would be written as `null` and come back as "not measured".
-    fn check_score(&self, id: u64, score: f32) -> Result<(), GalleryError> {
-        if score.is_finite() { Ok(()) } else { Err(GalleryError::InvalidScore { id, score, dir: self.dir.clone() }) }
-    }
-
     /// Trashed files carry their id, so that a later image under the same name can be removed
     /// too without replacing the first one in the trash.
     fn trash_path(&self, entry: &GalleryEntry) -> PathBuf {
         self.dir.join(TRASH_DIR).join(format!("{}-{}", entry.id, entry.file_name))
     }
+}
+
+/// `entries` in the given order.
+pub fn sorted(entries: &[GalleryEntry], order: SortOrder) -> Vec<&GalleryEntry> {
+    let newest_first =
+        |a: &&GalleryEntry, b: &&GalleryEntry| (b.metadata.created_unix_ms, b.id).cmp(&(a.metadata.created_unix_ms, a.id));
+    let mut sorted: Vec<&GalleryEntry> = entries.iter().collect();
+    match order {
+        SortOrder::Newest => sorted.sort_by(newest_first),
+        SortOrder::Oldest => sorted.sort_by(|a, b| newest_first(b, a)),
+        SortOrder::BestMatch => sorted.sort_by(|a, b| match (a.metadata.identity_match, b.metadata.identity_match) {
+            (Some(x), Some(y)) => y.total_cmp(&x).then_with(|| newest_first(a, b)),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => newest_first(a, b),
+        }),
+    }
+    sorted
 }
 
 /// Writes a result into the gallery folder `dir` under [`metadata::file_stem`], never replacing
@@ -415,10 +435,11 @@ fn sync_dir(dir: &Path) {
     }
 }
 
-/// The PNGs in `dir` that are not in `known` and carry our metadata, with their modification
-/// time as creation time, oldest first. Files that cannot be read as such (other people's PNGs,
-/// the empty placeholder of a PNG write cut short) are not ours and are left alone.
-fn unindexed_pngs(dir: &Path, known: &HashSet<String>) -> Result<Vec<(String, ImageMetadata, u64)>, GalleryError> {
+/// The PNGs in `dir` that are not in `known` and carry our metadata, with the gallery's record
+/// of each when it has one, oldest first (by the time the metadata records, else the file's
+/// modification time). Files that cannot be read as such (other people's PNGs, the empty
+/// placeholder of a PNG write cut short) are not ours and are left alone.
+fn unindexed_pngs(dir: &Path, known: &HashSet<String>) -> Result<Vec<(String, ImageMetadata, Option<GalleryRecord>)>, GalleryError> {
     let listing = std::fs::read_dir(dir).map_err(io_error("list the gallery folder", dir))?;
     let mut found = Vec::new();
     for item in listing {
@@ -427,12 +448,13 @@ fn unindexed_pngs(dir: &Path, known: &HashSet<String>) -> Result<Vec<(String, Im
         if !is_gallery_png(&file_name) || known.contains(&file_name) {
             continue;
         }
-        let path = item.path();
-        let Ok(Some(metadata)) = metadata::read_metadata(&path) else { continue };
-        let created_unix_ms = item.metadata().and_then(|m| m.modified()).map_or_else(|_| now_unix_ms(), unix_ms);
-        found.push((file_name, metadata, created_unix_ms));
+        let Ok((Some(mut metadata), record)) = metadata::read_records(&item.path()) else { continue };
+        if metadata.created_unix_ms == 0 {
+            metadata.created_unix_ms = item.metadata().and_then(|m| m.modified()).map_or_else(|_| now_unix_ms(), crate::unix_ms);
+        }
+        found.push((file_name, metadata, record));
     }
-    found.sort_by(|a, b| (a.2, &a.0).cmp(&(b.2, &b.0)));
+    found.sort_by(|a, b| (a.1.created_unix_ms, &a.0).cmp(&(b.1.created_unix_ms, &b.0)));
     Ok(found)
 }
 
@@ -459,16 +481,6 @@ fn move_back(moved: &[(PathBuf, PathBuf)]) {
     }
 }
 
-fn stored_metadata<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<ImageMetadata, D::Error> {
-    StoredMetadata::deserialize(deserializer).map(Into::into)
-}
-
-
 fn now_unix_ms() -> u64 {
-    unix_ms(SystemTime::now())
-}
-
-/// A clock set before 1970 gives 0 rather than failing.
-fn unix_ms(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    crate::unix_ms(std::time::SystemTime::now())
 }

@@ -15,6 +15,16 @@ use crate::engine::{GenerationSpec, IdentitySource, ImageMetadata, LoadedFile, s
 pub const PARAMETERS_KEY: &str = "parameters";
 /// The `iTXt` keyword of our JSON record.
 pub const JSON_KEY: &str = "arc2face";
+/// The `iTXt` keyword of what the gallery adds about an image ([`GalleryRecord`]).
+pub const GALLERY_KEY: &str = "arc2face-gallery";
+
+/// What the gallery records in an image's own PNG, so that a rebuilt index keeps it: the
+/// image's gallery id and whether it is a favourite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
+pub struct GalleryRecord {
+    pub id: u64,
+    pub favourite: bool,
+}
 
 /// The A1111-style one-paragraph summary other tools show.
 pub fn parameters_text(metadata: &ImageMetadata) -> String {
@@ -70,6 +80,8 @@ impl From<MetadataV1> for ImageMetadata {
             height: old.height,
             ran_on: "unknown".into(),
             model_files: old.model_files,
+            created_unix_ms: 0,
+            identity_match: None,
         }
     }
 }
@@ -156,14 +168,80 @@ fn encode_png(image: &RgbImage, metadata: &ImageMetadata) -> std::io::Result<Vec
 /// Reads the metadata back from a PNG written by [`write_png`] (or by version 0.1.0); `None`
 /// when it has none.
 pub fn read_metadata(path: &Path) -> std::io::Result<Option<ImageMetadata>> {
+    Ok(read_records(path)?.0)
+}
+
+/// The image's metadata and the gallery's record of it, each when the PNG has one.
+pub fn read_records(path: &Path) -> std::io::Result<(Option<ImageMetadata>, Option<GalleryRecord>)> {
     let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path)?));
     let reader = decoder.read_info().map_err(std::io::Error::other)?;
-    let json = reader.info().utf8_text.iter().find(|chunk| chunk.keyword == JSON_KEY);
-    match json {
-        None => Ok(None),
-        Some(chunk) => {
-            let text = chunk.get_text().map_err(std::io::Error::other)?;
-            serde_json::from_str::<StoredMetadata>(&text).map(|stored| Some(stored.into())).map_err(std::io::Error::other)
+    let text = |key: &str| -> std::io::Result<Option<String>> {
+        match reader.info().utf8_text.iter().find(|chunk| chunk.keyword == key) {
+            Some(chunk) => chunk.get_text().map(Some).map_err(std::io::Error::other),
+            None => Ok(None),
+        }
+    };
+    let metadata = match text(JSON_KEY)? {
+        Some(json) => Some(serde_json::from_str::<StoredMetadata>(&json).map_err(std::io::Error::other)?.into()),
+        None => None,
+    };
+    // A damaged record only loses the gallery's additions, never the image.
+    let record = text(GALLERY_KEY)?.and_then(|json| serde_json::from_str(&json).ok());
+    Ok((metadata, record))
+}
+
+/// Writes `record` into the PNG at `path` in place of the one it holds, without touching its
+/// pixels: the file is rewritten chunk by chunk under a temporary name, synced, and renamed over.
+pub fn write_gallery_record(path: &Path, record: &GalleryRecord) -> std::io::Result<()> {
+    const SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
+    let bytes = std::fs::read(path)?;
+    let invalid = || std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: not a PNG file", path.display()));
+    if !bytes.starts_with(SIGNATURE) {
+        return Err(invalid());
+    }
+    let json = serde_json::to_string(record).map_err(std::io::Error::other)?;
+    // iTXt: keyword, NUL, not compressed (0, 0), empty language tag and translated keyword.
+    let ours = [GALLERY_KEY.as_bytes(), b"\0\0\0\0\0", json.as_bytes()].concat();
+    let mut out = Vec::with_capacity(bytes.len() + ours.len() + 12);
+    out.extend_from_slice(SIGNATURE);
+    // Ours goes before the image data, where readers that stop at the pixels still see it.
+    let mut at = SIGNATURE.len();
+    let mut placed = false;
+    loop {
+        let header = bytes.get(at..at + 8).ok_or_else(invalid)?;
+        let length = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let (kind, end) = (&header[4..8], at + 12 + length);
+        let chunk = bytes.get(at..end).ok_or_else(invalid)?;
+        let data = &chunk[8..8 + length];
+        let is_ours = kind == b"iTXt" && data.starts_with(GALLERY_KEY.as_bytes()) && data.get(GALLERY_KEY.len()) == Some(&0);
+        if (kind == b"IDAT" || kind == b"IEND") && !placed {
+            push_chunk(&mut out, b"iTXt", &ours);
+            placed = true;
+        }
+        if !is_ours {
+            out.extend_from_slice(chunk);
+        }
+        at = end;
+        if kind == b"IEND" {
+            break;
         }
     }
+    let temporary = path.with_extension("png.record");
+    let written = std::fs::File::create(&temporary)
+        .and_then(|mut file| file.write_all(&out).and_then(|()| file.sync_all()))
+        .and_then(|()| std::fs::rename(&temporary, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    written
+}
+
+fn push_chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    out.extend_from_slice(kind);
+    out.extend_from_slice(data);
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(kind);
+    crc.update(data);
+    out.extend_from_slice(&crc.finalize().to_be_bytes());
 }
