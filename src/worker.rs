@@ -61,6 +61,8 @@ pub enum Event {
         path: PathBuf,
         photo: RgbImage,
         faces: Vec<Face>,
+        /// A small square picture of each face, in the order of `faces`.
+        crops: Vec<RgbImage>,
     },
     PhotoFailed {
         path: PathBuf,
@@ -101,6 +103,8 @@ pub enum Event {
 /// Room for this many events between two UI frames; step previews beyond it are dropped rather
 /// than holding up the generation (a newer one follows), every other event waits for room.
 const EVENT_CAPACITY: usize = 256;
+/// The side of the face pictures the photo panel picks faces from.
+const FACE_CROP_SIDE: u32 = 64;
 /// The UI sends a command per user action; the worker takes them one at a time.
 const COMMAND_CAPACITY: usize = 64;
 
@@ -184,7 +188,10 @@ impl WorkerState {
                     Err(panic_message(panic))
                 });
                 match result {
-                    Ok((photo, faces)) => self.emit(Event::PhotoAnalyzed { path, photo, faces }),
+                    Ok((photo, faces)) => {
+                        let crops = faces.iter().map(|face| face::crop(&photo, face, FACE_CROP_SIDE)).collect();
+                        self.emit(Event::PhotoAnalyzed { path, photo, faces, crops })
+                    }
                     Err(message) => self.emit(Event::PhotoFailed { path, message }),
                 }
             }

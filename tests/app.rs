@@ -141,6 +141,36 @@ fn snapshot_of_a_photo_with_its_faces_boxed() {
     harness.snapshot("photo_with_faces_boxed");
 }
 
+/// A group photo (the astronaut tiled 4×3, so the random test detector finds dozens of faces):
+/// the boxes stay on the photo, faces are picked from a strip of pictures, largest first.
+#[test]
+fn snapshot_of_a_group_photo_picked_from_the_face_strip() {
+    let dir = tempfile::tempdir().unwrap();
+    let astronaut = image::open(photo("astronaut.jpg")).unwrap().to_rgb8();
+    let (w, h) = (astronaut.width() / 2, astronaut.height() / 2);
+    let tile = image::imageops::resize(&astronaut, w, h, image::imageops::FilterType::Triangle);
+    let mut group = image::RgbImage::new(w * 4, h * 3);
+    for (x, y) in (0..4).flat_map(|x| (0..3).map(move |y| (x, y))) {
+        image::imageops::replace(&mut group, &tile, (x * w) as i64, (y * h) as i64);
+    }
+    let group_path = dir.path().join("group.png");
+    group.save(&group_path).unwrap();
+    let mut harness = harness(common::generation_and_face_models(dir.path()), dir.path().join("gallery"));
+    drop_photo(&mut harness, group_path);
+    run_until(&mut harness, "faces", |app| app.state.photo.is_some());
+    let photo_state = harness.state().state.photo.as_ref().unwrap();
+    let faces = photo_state.faces.len();
+    assert!(faces > 12, "a crowd: {faces} faces");
+    let areas: Vec<f32> = photo_state.by_size.iter().map(|&i| photo_state.faces[i].area()).collect();
+    assert!(areas.windows(2).all(|w| w[0] >= w[1]), "largest first");
+    assert_eq!(photo_state.selected_face, Some(photo_state.by_size[0]), "the largest is picked");
+    let third = photo_state.by_size[2];
+    harness.get_by_label(&format!("Face {}", third + 1)).click();
+    harness.run();
+    assert_eq!(harness.state().state.photo.as_ref().unwrap().selected_face, Some(third));
+    harness.snapshot("group_photo_face_strip");
+}
+
 /// The embedding and index of the face selected on the photo shown.
 fn selected_face(harness: &Harness<'_, StudioApp>) -> (Vec<f32>, usize) {
     let photo = harness.state().state.photo.as_ref().expect("a photo is shown");

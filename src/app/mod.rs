@@ -191,7 +191,7 @@ impl StudioApp {
     fn handle_event(&mut self, event: Event) {
         let state = &mut self.state;
         match event {
-            Event::PhotoAnalyzed { path, photo, faces } => {
+            Event::PhotoAnalyzed { path, photo, faces, crops } => {
                 state.busy = None;
                 if state.analyzing.as_ref() == Some(&path) {
                     state.analyzing = None;
@@ -207,7 +207,14 @@ impl StudioApp {
                 let selected_face = restored.or_else(|| crate::face::largest_face(&faces));
                 let size = [photo.width() as usize, photo.height() as usize];
                 let texture = self.ctx.load_texture(format!("photo:{}", path.display()), color_image(&photo), TextureOptions::LINEAR);
-                state.photo = Some(PhotoState { path, texture, size, faces, selected_face });
+                let face_crops = crops
+                    .iter()
+                    .enumerate()
+                    .map(|(i, crop)| self.ctx.load_texture(format!("face:{i}"), color_image(crop), TextureOptions::LINEAR))
+                    .collect();
+                let mut by_size: Vec<usize> = (0..faces.len()).collect();
+                by_size.sort_by(|&a, &b| faces[b].area().total_cmp(&faces[a].area()));
+                state.photo = Some(PhotoState { path, texture, size, faces, face_crops, by_size, selected_face });
                 if restored.is_some() {
                     state.pending_faces.pop_front();
                     if !state.pending_faces.is_empty() {

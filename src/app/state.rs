@@ -45,6 +45,10 @@ pub struct PhotoState {
     pub texture: TextureHandle,
     pub size: [usize; 2],
     pub faces: Vec<Face>,
+    /// A picture of each face, in the order of `faces`.
+    pub face_crops: Vec<TextureHandle>,
+    /// Indices into `faces`, largest face first: the order the face strip shows them in.
+    pub by_size: Vec<usize>,
     pub selected_face: Option<usize>,
 }
 

@@ -76,6 +76,21 @@ pub fn mean_identity(embeddings: &[Vec<f32>]) -> Vec<f32> {
     sum.iter().map(|v| v / norm).collect()
 }
 
+/// A `side`×`side` picture of `face`: the square around its box with some margin, clamped to
+/// the photo.
+pub fn crop(photo: &RgbImage, face: &Face, side: u32) -> RgbImage {
+    let [x1, y1, x2, y2] = face.bbox;
+    let (cx, cy) = ((x1 + x2) / 2.0, (y1 + y2) / 2.0);
+    let half = ((x2 - x1).max(y2 - y1) * 0.65).max(1.0);
+    let (width, height) = (photo.width() as f32, photo.height() as f32);
+    let left = (cx - half).clamp(0.0, width - 1.0) as u32;
+    let top = (cy - half).clamp(0.0, height - 1.0) as u32;
+    let right = ((cx + half).clamp(0.0, width) as u32).max(left + 1);
+    let bottom = ((cy + half).clamp(0.0, height) as u32).max(top + 1);
+    let square = image::imageops::crop_imm(photo, left, top, right - left, bottom - top).to_image();
+    image::imageops::resize(&square, side, side, image::imageops::FilterType::Triangle)
+}
+
 /// The length of the identity vectors the models folder's recognizer gives, read from its ONNX
 /// graph without loading it; `None` when there is no readable recognizer.
 pub fn recognizer_output_len(models: &ModelsDir) -> Option<usize> {
