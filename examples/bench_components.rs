@@ -3,6 +3,8 @@
 //!
 //!     cargo run --release --example bench_components -- MODELS_DIR [SIZE]
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark stops at the first failure
+
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
@@ -18,11 +20,11 @@ fn main() -> anyhow::Result<()> {
     let device = Device::Cpu;
 
     let started = Instant::now();
-    let config: UNetConfig = dir.read_config(models::UNET_CONFIG)?;
+    let config: UNetConfig = models::read_json(&dir.path(models::UNET_CONFIG))?;
     let unet = UNet::new(load_safetensors(&dir.path(models::UNET_WEIGHTS), DType::F32, &device)?, &config)?;
     eprintln!("load UNet        {:7.3} s", started.elapsed().as_secs_f64());
     let started = Instant::now();
-    let vae_config: VaeConfig = dir.read_config(models::VAE_CONFIG)?;
+    let vae_config: VaeConfig = models::read_json(&dir.path(models::VAE_CONFIG))?;
     let vae = Vae::new(load_safetensors(&dir.path(models::VAE_WEIGHTS), DType::F32, &device)?, &vae_config)?;
     eprintln!("load VAE         {:7.3} s", started.elapsed().as_secs_f64());
 

@@ -7,6 +7,8 @@
 //!
 //! Without MODELS_DIR it uses the tiny test models (tests/fixtures).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark stops at the first failure
+
 #[path = "../tests/common/mod.rs"]
 mod common;
 
@@ -14,8 +16,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use arc2face_studio::app::{JobAction, StudioApp};
-use arc2face_studio::gallery::history::{Gallery, write_image};
 use arc2face_studio::engine::{GenerationSpec, ImageMetadata};
+use arc2face_studio::gallery::history::{Gallery, write_image};
 use egui_kittest::Harness;
 
 fn main() -> anyhow::Result<()> {
@@ -52,8 +54,9 @@ fn main() -> anyhow::Result<()> {
     );
 
     let photo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/faces/photos/astronaut.jpg");
-    let mut harness =
-        Harness::builder().with_size([1280.0, 800.0]).build_eframe(move |cc| StudioApp::new(cc, Some(models), gallery_dir, vec![photo]).expect("the app starts"));
+    let mut harness = Harness::builder()
+        .with_size([1280.0, 800.0])
+        .build_eframe(move |cc| StudioApp::new(cc, Some(models), gallery_dir, vec![photo]).expect("the app starts"));
 
     let mut startup = Vec::new();
     while harness.state().state.photo.is_none() || harness.state().state.gallery.thumbnails.len() < history {

@@ -17,7 +17,7 @@ use crate::engine::{
 };
 use crate::face::{self, FaceAnalyzer};
 use crate::gallery::metadata;
-use crate::models::download::{self, DownloadEvent, DownloadOptions, TransferRate};
+use crate::models::download::{self, DownloadEvent, DownloadOptions, TransferProgress};
 use crate::models::hub::{Hub, HubConfig};
 use crate::models::{self, ModelFile, ModelsDir, check};
 
@@ -243,8 +243,8 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     };
     let mut on_image = |generated: GeneratedImage| {
         let stem = metadata::file_stem(&generated.metadata);
-        let path = metadata::write_png(&args.out, &stem, &generated.image, &generated.metadata)
-            .map_err(|e| EngineError::Output(e.to_string()))?;
+        let path =
+            metadata::write_png(&args.out, &stem, &generated.image, &generated.metadata).map_err(|e| EngineError::Output(e.to_string()))?;
         if interactive {
             eprintln!();
         }
@@ -320,13 +320,16 @@ fn download(models: &ModelsDir, options: DownloadOptions, only: &[String]) -> an
     let files: Vec<ModelFile> =
         models::ALL_FILES.into_iter().filter(|f| only.is_empty() || only.iter().any(|name| name == f.relative_path)).collect();
     let hub = Hub::new(HubConfig::from_env());
-    // Per file: its size, the tenths of it already reported, its speed.
-    let progress = std::sync::Mutex::new(vec![(0u64, 0u64, TransferRate::default()); files.len()]);
+    // Per file: its progress, and the tenths of it already reported.
+    let progress = std::sync::Mutex::new(vec![(TransferProgress::default(), 0u64); files.len()]);
     let report = |index: usize, event: DownloadEvent| {
         let name = files[index].relative_path;
+        let mut progress = progress.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (transfer, shown) = &mut progress[index];
+        transfer.follow(&event, Instant::now());
         match event {
             DownloadEvent::Started { total, done, from_cache } => {
-                progress.lock().unwrap()[index] = (total, done * 10 / total.max(1), TransferRate::default());
+                *shown = done * 10 / total.max(1);
                 let from = if from_cache {
                     "from the Hugging Face cache"
                 } else if done > 0 {
@@ -337,14 +340,11 @@ fn download(models: &ModelsDir, options: DownloadOptions, only: &[String]) -> an
                 eprintln!("{name}: {from}, {} of {}", check::human_bytes(done), check::human_bytes(total));
             }
             DownloadEvent::Progress { done } => {
-                let mut progress = progress.lock().unwrap();
-                let (total, shown, rate) = &mut progress[index];
-                rate.record(Instant::now(), done);
-                let tenth = done * 10 / (*total).max(1);
+                let tenth = done * 10 / transfer.total.max(1);
                 if tenth > *shown {
                     *shown = tenth;
-                    let speed = rate.bytes_per_second().map(|s| format!(", {}/s", check::human_bytes(s as u64))).unwrap_or_default();
-                    let left = rate.time_left(*total).map(|d| format!(", {:.0} s left", d.as_secs_f64())).unwrap_or_default();
+                    let speed = transfer.bytes_per_second().map(|s| format!(", {}/s", check::human_bytes(s as u64))).unwrap_or_default();
+                    let left = transfer.time_left().map(|d| format!(", {:.0} s left", d.as_secs_f64())).unwrap_or_default();
                     eprintln!("{name}: {}%{speed}{left}", tenth * 10);
                 }
             }
@@ -355,7 +355,10 @@ fn download(models: &ModelsDir, options: DownloadOptions, only: &[String]) -> an
             DownloadEvent::Cancelled => eprintln!("{name}: cancelled"),
         }
     };
-    let failed = download::download_all(models, &files, &hub, options, &AtomicBool::new(false), &report);
+    let summary = download::download_all(models, &files, &hub, options, &AtomicBool::new(false), &report);
+    if let Some(message) = &summary.unreachable {
+        eprintln!("{message}");
+    }
     let mut runtime_failed = false;
     if only.is_empty() && face::runtime::find_library().is_none() {
         eprintln!("ONNX Runtime {}: not found; fetching it", face::runtime::ONNXRUNTIME_VERSION);
@@ -367,8 +370,8 @@ fn download(models: &ModelsDir, options: DownloadOptions, only: &[String]) -> an
             }
         }
     }
-    if failed > 0 {
-        bail!("{failed} of {} files failed; run the same command again to resume", files.len());
+    if summary.failed > 0 {
+        bail!("{} of {} files failed; run the same command again to resume", summary.failed, files.len());
     }
     if runtime_failed {
         bail!("ONNX Runtime could not be fetched; run the same command again, or set ORT_DYLIB_PATH");
@@ -451,7 +454,11 @@ fn read_identity(path: &Path, models: &ModelsDir) -> anyhow::Result<Vec<f32>> {
     if let Some(expected) = face::recognizer_output_len(models)
         && vector.len() != expected
     {
-        bail!("{}: {} values, but the recognizer (arcface.onnx) gives {expected}: not an ArcFace identity of these models", path.display(), vector.len());
+        bail!(
+            "{}: {} values, but the recognizer (arcface.onnx) gives {expected}: not an ArcFace identity of these models",
+            path.display(),
+            vector.len()
+        );
     }
     Ok(vector)
 }

@@ -20,3 +20,14 @@ pub fn file_name(path: &std::path::Path) -> String {
 pub fn unix_ms(time: std::time::SystemTime) -> u64 {
     time.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
+
+/// The app's data folder (models, the gallery, ONNX Runtime): `~/.local/share/arc2face-studio`
+/// on Linux; `None` where the system has no home folder.
+pub fn data_dir() -> Option<std::path::PathBuf> {
+    directories::ProjectDirs::from("", "", "arc2face-studio").map(|dirs| dirs.data_dir().to_path_buf())
+}
+
+/// The Euclidean length of a vector.
+pub fn l2_norm(values: &[f32]) -> f32 {
+    values.iter().map(|v| v * v).sum::<f32>().sqrt()
+}

@@ -56,6 +56,8 @@ impl From<EngineError> for JobError {
 }
 
 /// What the worker reports.
+// A photo's pixels make one variant large; a few events a frame pass through the channel.
+#[allow(clippy::large_enum_variant)]
 pub enum Event {
     PhotoAnalyzed {
         path: PathBuf,

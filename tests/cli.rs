@@ -1,6 +1,8 @@
 //! The `arc2face` binary's contract: stdout carries one PNG path per image and nothing else; a
 //! bad input exits non-zero with one line on stderr that says what is wrong.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
+
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -231,7 +233,10 @@ fn bad_requests_say_what_is_wrong_and_write_nothing() {
     let written = std::fs::read_dir(&out).map(|d| d.count()).unwrap_or(0);
     assert_eq!(written, 0, "nothing written for a bad request");
     let unwritable = path_str(&a_file).to_string() + "/out";
-    assert_fails_with(&arc2face(&["generate", "--models", path_str(&models), "--embedding", &embedding, "--out", &unwritable]), "cannot create the output folder");
+    assert_fails_with(
+        &arc2face(&["generate", "--models", path_str(&models), "--embedding", &embedding, "--out", &unwritable]),
+        "cannot create the output folder",
+    );
 }
 
 /// An identity vector must be as long as the recognizer's output when the models folder has one.
@@ -290,7 +295,8 @@ fn an_interrupted_run_leaves_only_whole_pngs() {
         .spawn()
         .unwrap();
     let started = std::time::Instant::now();
-    while std::fs::read_dir(dir.path()).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "png")).count() == 0 {
+    while std::fs::read_dir(dir.path()).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "png")).count() == 0
+    {
         assert!(started.elapsed().as_secs() < 120, "no image within two minutes");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }

@@ -1,6 +1,8 @@
 //! The download manager against a local stand-in for the Hugging Face Hub (tests/common/mock_hub.rs):
 //! resume after a cut, checksum mismatches, the Python cache online and offline, 404 and 401.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
+
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -23,8 +25,8 @@ fn lock_path(models: &ModelsDir, file: ModelFile) -> PathBuf {
 fn download(models: &ModelsDir, files: &[ModelFile], hub: &Hub) -> (usize, Vec<Vec<DownloadEvent>>) {
     let events = Mutex::new(vec![Vec::new(); files.len()]);
     let options = DownloadOptions { parallel: 2, replace: false };
-    let failed = download_all(models, files, hub, options, &AtomicBool::new(false), &|i, event| events.lock().unwrap()[i].push(event));
-    (failed, events.into_inner().unwrap())
+    let summary = download_all(models, files, hub, options, &AtomicBool::new(false), &|i, event| events.lock().unwrap()[i].push(event));
+    (summary.failed, events.into_inner().unwrap())
 }
 
 fn payload(len: usize, seed: u8) -> Vec<u8> {
@@ -360,7 +362,7 @@ fn cancel_keeps_the_partial_file_for_later_and_puts_nothing_in_place() {
     let failed = download_all(&models, &[BIG], &hub.hub(&dir.path().join("cache")), options, &AtomicBool::new(true), &|_, e| {
         events.lock().unwrap().push(e)
     });
-    assert_eq!(failed, 0, "a cancel is not a failure");
+    assert_eq!(failed.failed, 0, "a cancel is not a failure");
     assert_eq!(events.into_inner().unwrap().last(), Some(&DownloadEvent::Cancelled));
     assert!(!models.path(BIG).exists());
     assert_eq!(std::fs::read(&part).unwrap(), &big[..700_000], "the partial file is kept as it was");
@@ -433,7 +435,33 @@ fn one_downloader_per_file_and_wrong_files_are_replaced() {
     let (_, events) = download(&models, &[BIG], &hub.hub(&dir.path().join("cache")));
     assert_eq!(events[0], [DownloadEvent::AlreadyPresent]);
     let replace = DownloadOptions { parallel: 1, replace: true };
-    let failed = download_all(&models, &[BIG], &hub.hub(&dir.path().join("cache")), replace, &AtomicBool::new(false), &|_, _| {});
-    assert_eq!(failed, 0);
+    let summary = download_all(&models, &[BIG], &hub.hub(&dir.path().join("cache")), replace, &AtomicBool::new(false), &|_, _| {});
+    assert_eq!(summary.failed, 0);
     assert_eq!(std::fs::read(models.path(BIG)).unwrap(), big);
+}
+
+/// Offline, or behind a proxy that refuses: every file fails with one short reason, the hub is
+/// not asked again for each of them, and the summary says once what to do.
+#[test]
+fn an_unreachable_hub_is_reported_once_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = ModelsDir::new(dir.path().join("models"));
+    // Nothing listens on port 1: every connection is refused at once.
+    let config =
+        HubConfig { endpoint: "http://127.0.0.1:1".into(), token: None, cache_dir: Some(dir.path().join("cache")), offline: false };
+    let started = std::time::Instant::now();
+    let events = Mutex::new(Vec::new());
+    let options = DownloadOptions { parallel: 2, replace: false };
+    let summary = download_all(&models, &models::ALL_FILES, &Hub::new(config), options, &AtomicBool::new(false), &|_, event| {
+        events.lock().unwrap().push(event)
+    });
+    assert_eq!(summary.failed, models::ALL_FILES.len());
+    let message = summary.unreachable.expect("one message for the whole download");
+    assert!(message.contains("cannot be reached") && message.contains("HF_ENDPOINT") && message.contains("Change folder"), "{message}");
+    for event in events.into_inner().unwrap() {
+        if let DownloadEvent::Failed { message } = event {
+            assert_eq!(message, "not in the Hugging Face cache, and the hub cannot be reached");
+        }
+    }
+    assert!(started.elapsed().as_secs() < 10, "no retries per file");
 }

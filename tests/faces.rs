@@ -2,6 +2,8 @@
 //! photos (tests/fixtures/faces, written by tools/make_face_fixtures.py). Needs ONNX Runtime:
 //! scripts/test provisions it and sets ORT_DYLIB_PATH.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
+
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -1,10 +1,12 @@
 //! The persistent gallery: what survives a reopen, remove and undo, export, and the damage a crash
 //! or a person can do to the folder between runs.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
+
 use std::path::Path;
 
-use arc2face_studio::gallery::history::{Gallery, GalleryError, SortOrder};
 use arc2face_studio::engine::{GenerationSpec, IdentitySource, ImageMetadata, LoadedFile};
+use arc2face_studio::gallery::history::{Gallery, GalleryError, SortOrder};
 use arc2face_studio::gallery::metadata;
 use image::{Rgb, RgbImage};
 
@@ -131,11 +133,9 @@ fn sort_orders() {
 fn unknown_ids_are_errors() {
     let root = tempfile::tempdir().unwrap();
     let mut gallery = three(root.path());
-    for error in [
-        gallery.set_favourite(9, true).unwrap_err(),
-        gallery.remove(&[1, 9]).unwrap_err(),
-        gallery.export(&[9], root.path()).unwrap_err(),
-    ] {
+    for error in
+        [gallery.set_favourite(9, true).unwrap_err(), gallery.remove(&[1, 9]).unwrap_err(), gallery.export(&[9], root.path()).unwrap_err()]
+    {
         assert!(matches!(error, GalleryError::UnknownId { id: 9, .. }), "{error}");
         assert!(error.to_string().contains(&root.path().display().to_string()), "{error}");
     }
@@ -291,8 +291,11 @@ fn index_entries_outside_the_folder_are_dropped() {
     let outside = root.path().join("outside.png");
     metadata::write_png(root.path(), "outside", &image(1), &meta(Some(9))).unwrap();
     let text = std::fs::read_to_string(index_path(&dir)).unwrap();
-    std::fs::write(index_path(&dir), text.replace("\"arc2face-seed2.png\"", "\"../outside.png\"").replace("\"arc2face-noise0.png\"", "\"gallery.json\""))
-        .unwrap();
+    std::fs::write(
+        index_path(&dir),
+        text.replace("\"arc2face-seed2.png\"", "\"../outside.png\"").replace("\"arc2face-noise0.png\"", "\"gallery.json\""),
+    )
+    .unwrap();
 
     let gallery = Gallery::open(&dir).unwrap();
     // arc2face-seed2.png and arc2face-noise0.png are still in the folder, so they come back, with

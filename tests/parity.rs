@@ -6,6 +6,8 @@
 //! steps) leave margin for summation order while still catching any real deviation — a GELU
 //! approximation, a wrong rounding of timesteps, a missing normalisation all show at 1e-4 or more.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
+
 mod common;
 
 use candle_core::{DType, Device, Tensor};
@@ -20,7 +22,7 @@ use arc2face_studio::engine::{Arc2FacePipeline, Flow, GenerationSpec, Job, Runti
 use arc2face_studio::models::{self, ModelsDir, load_pickle, load_safetensors};
 
 fn training_sigmas() -> Vec<f64> {
-    let config: SchedulerConfig = ModelsDir::new(models_dir()).read_config(models::SCHEDULER_CONFIG).unwrap();
+    let config: SchedulerConfig = models::read_json(&ModelsDir::new(models_dir()).path(models::SCHEDULER_CONFIG)).unwrap();
     config.training_sigmas().unwrap()
 }
 
@@ -74,7 +76,7 @@ fn seeded_noise_matches_torch_randn() {
 
 fn load_encoder() -> IdEncoder {
     let dir = ModelsDir::new(models_dir());
-    let config: IdEncoderConfig = dir.read_config(models::ENCODER_CONFIG).unwrap();
+    let config: IdEncoderConfig = models::read_json(&dir.path(models::ENCODER_CONFIG)).unwrap();
     let vb = load_pickle(&dir.path(models::ENCODER_WEIGHTS), DType::F32, &Device::Cpu).unwrap();
     IdEncoder::new(vb, &config).unwrap()
 }
@@ -90,7 +92,7 @@ fn id_encoder_matches_transformers() {
 #[test]
 fn unet_forward_matches_diffusers() {
     let dir = ModelsDir::new(models_dir());
-    let config: UNetConfig = dir.read_config(models::UNET_CONFIG).unwrap();
+    let config: UNetConfig = models::read_json(&dir.path(models::UNET_CONFIG)).unwrap();
     let vb = load_safetensors(&dir.path(models::UNET_WEIGHTS), DType::F32, &Device::Cpu).unwrap();
     let unet = UNet::new(vb, &config).unwrap();
     let sample = reference("unet_sample.npy");
@@ -104,7 +106,7 @@ fn unet_forward_matches_diffusers() {
 #[test]
 fn vae_decode_matches_diffusers() {
     let dir = ModelsDir::new(models_dir());
-    let config: VaeConfig = dir.read_config(models::VAE_CONFIG).unwrap();
+    let config: VaeConfig = models::read_json(&dir.path(models::VAE_CONFIG)).unwrap();
     let vb = load_safetensors(&dir.path(models::VAE_WEIGHTS), DType::F32, &Device::Cpu).unwrap();
     let vae = Vae::new(vb, &config).unwrap();
     // The reference decoded its input as is; our decode divides by the scaling factor first.
@@ -114,7 +116,11 @@ fn vae_decode_matches_diffusers() {
 
 /// Two images of 32 px from the given latents or, without them, from seed 42.
 fn run_generation(initial_latents: Option<Tensor>, steps: usize, guidance: f64) -> (Tensor, Vec<Vec<u8>>) {
-    let runtime = Runtime { device: Device::Cpu, dtype: DType::F32 };
+    run_generation_in(DType::F32, initial_latents, steps, guidance)
+}
+
+fn run_generation_in(dtype: DType, initial_latents: Option<Tensor>, steps: usize, guidance: f64) -> (Tensor, Vec<Vec<u8>>) {
+    let runtime = Runtime { device: Device::Cpu, dtype };
     let pipeline = Arc2FacePipeline::load(&ModelsDir::new(models_dir()), &runtime).unwrap();
     let seed = initial_latents.is_none().then_some(42);
     let spec = GenerationSpec { num_images: 2, steps, guidance, size: Some(32), seed, ..Default::default() };
@@ -156,4 +162,16 @@ fn generation_without_guidance_matches_diffusers() {
 fn seeded_generation_matches_diffusers_with_per_image_generators() {
     let (latents, images) = run_generation(None, 4, 3.0);
     check_generation("seed", &latents, &images);
+}
+
+/// Half precision on the CPU: the models run in f16 (latents and sampler arithmetic stay f32),
+/// so the result stays within f16's resolution of the f32 reference.
+#[test]
+fn half_precision_on_the_cpu_stays_close_to_the_f32_reference() {
+    let (latents, images) = run_generation_in(DType::F16, Some(reference("gen_noise.npy")), 5, 3.0);
+    assert_close("f16 latents", &latents, &reference("gen_cfg_latents.npy"), 1e-2);
+    let expected: Vec<u8> = reference("gen_cfg_images.npy").flatten_all().unwrap().to_vec1().unwrap();
+    let (mean, max) = image_difference(&images.concat(), &expected);
+    eprintln!("f16 images: mean {mean:.3}, max {max} levels from f32");
+    assert!(mean < 2.0, "f16 images: mean {mean:.3} levels");
 }

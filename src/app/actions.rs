@@ -5,13 +5,13 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use super::StudioApp;
+use super::gallery_thread::Request as GalleryRequest;
 use super::models_task::{self, ModelsTask};
 use super::state::*;
 use crate::engine::{FaceRef, GenerationSpec, IdentitySource, ImageMetadata};
 use crate::gallery::history::SortOrder;
 use crate::models::ModelsDir;
 use crate::worker::{Command, GenerationRequest};
-use super::gallery_thread::Request as GalleryRequest;
 
 #[derive(Debug, Clone)]
 pub enum Action {
@@ -34,7 +34,10 @@ pub enum PhotoAction {
     ClearKeptFaces,
     /// Restore the settings an image was made with, and its photos and faces when they are
     /// recent photos.
-    RestoreFrom { path: PathBuf, metadata: Box<ImageMetadata> },
+    RestoreFrom {
+        path: PathBuf,
+        metadata: Box<ImageMetadata>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -337,16 +340,22 @@ impl StudioApp {
                     state.models.downloadable().into_iter().filter(|f| only.is_empty() || only.contains(&f.relative_path)).collect();
                 let runtime = state.models.runtime_to_fetch().filter(|_| only.is_empty() || only.contains(&models_task::RUNTIME_ROW));
                 if state.models.task.is_none() && (!files.is_empty() || runtime.is_some()) {
+                    state.models.unreachable = None;
                     let wake = self.ctx.clone();
                     let models = ModelsDir::new(&state.models_dir);
-                    state.models.task =
-                        Some(ModelsTask::download(models, files, runtime, self.hub.clone(), move || wake.request_repaint()));
+                    match ModelsTask::download(models, files, runtime, self.hub.clone(), move || wake.request_repaint()) {
+                        Ok(task) => state.models.task = Some(task),
+                        Err(e) => notify_error(state, format!("The download could not start: {e}")),
+                    }
                 }
             }
             ModelsAction::Verify => {
                 if state.models.task.is_none() {
                     let wake = self.ctx.clone();
-                    state.models.task = Some(ModelsTask::verify(ModelsDir::new(&state.models_dir), move || wake.request_repaint()));
+                    match ModelsTask::verify(ModelsDir::new(&state.models_dir), move || wake.request_repaint()) {
+                        Ok(task) => state.models.task = Some(task),
+                        Err(e) => notify_error(state, format!("The check could not start: {e}")),
+                    }
                 }
             }
             ModelsAction::CancelTask => {

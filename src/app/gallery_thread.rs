@@ -13,25 +13,55 @@ use crate::gallery::history::{Gallery, GalleryEntry, Removed};
 /// What the UI asks of the gallery.
 pub enum Request {
     /// Record a PNG the worker wrote into the gallery folder.
-    Adopt { path: PathBuf, metadata: Box<ImageMetadata> },
-    SetFavourite { id: u64, favourite: bool },
-    Remove { ids: Vec<u64> },
+    Adopt {
+        path: PathBuf,
+        metadata: Box<ImageMetadata>,
+    },
+    SetFavourite {
+        id: u64,
+        favourite: bool,
+    },
+    Remove {
+        ids: Vec<u64>,
+    },
     UndoRemove(Removed),
-    Export { ids: Vec<u64>, dest: PathBuf },
+    Export {
+        ids: Vec<u64>,
+        dest: PathBuf,
+    },
 }
 
 /// What the gallery thread reports; every change comes with the whole new list of entries.
 pub enum Report {
     /// The gallery is open in `dir` (a temporary folder when the usual one could not be opened:
     /// `problem` says why).
-    Opened { dir: PathBuf, entries: Vec<GalleryEntry>, problem: Option<String> },
-    Changed { entries: Vec<GalleryEntry> },
-    Added { id: u64, path: PathBuf, entries: Vec<GalleryEntry> },
-    Removed { removed: Removed, entries: Vec<GalleryEntry> },
-    Exported { count: usize, dest: PathBuf },
+    Opened {
+        dir: PathBuf,
+        entries: Vec<GalleryEntry>,
+        problem: Option<String>,
+    },
+    Changed {
+        entries: Vec<GalleryEntry>,
+    },
+    Added {
+        id: u64,
+        path: PathBuf,
+        entries: Vec<GalleryEntry>,
+    },
+    Removed {
+        removed: Removed,
+        entries: Vec<GalleryEntry>,
+    },
+    Exported {
+        count: usize,
+        dest: PathBuf,
+    },
     /// A request failed; nothing it would have changed did change. The adopted PNG (if any) is
     /// still in the folder, and the gallery finds it when it next opens.
-    Failed { message: String, path: Option<PathBuf> },
+    Failed {
+        message: String,
+        path: Option<PathBuf>,
+    },
 }
 
 /// Room for requests: the UI sends one per user action or finished image.

@@ -22,11 +22,11 @@ use crate::gallery::metadata;
 use crate::models::hub::HubConfig;
 use crate::models::{self, ModelsDir};
 use crate::worker::{Command, Event, JobError, Worker};
-pub use actions::{Action, GalleryAction, JobAction, ModelsAction, PhotoAction};
 use actions::notify_error;
+pub use actions::{Action, GalleryAction, JobAction, ModelsAction, PhotoAction};
+use gallery_thread::{GalleryThread, Report as GalleryReport, Request as GalleryRequest};
 use models_task::{ModelsState, ModelsTask};
 use state::*;
-use gallery_thread::{GalleryThread, Report as GalleryReport, Request as GalleryRequest};
 use thumbnails::{Size, ThumbnailLoader};
 
 const SETTINGS_KEY: &str = "arc2face-settings";
@@ -54,7 +54,7 @@ pub const APP_ID: &str = "io.github.arc2face.Studio";
 
 /// Where the app keeps its gallery when nothing else is said.
 pub fn default_gallery_dir() -> PathBuf {
-    crate::face::runtime::data_dir().unwrap_or_else(|| PathBuf::from(".")).join("gallery")
+    crate::data_dir().unwrap_or_else(|| PathBuf::from(".")).join("gallery")
 }
 
 /// Opens the window and runs until it closes.
@@ -197,7 +197,10 @@ impl StudioApp {
                     state.analyzing = None;
                 }
                 if faces.is_empty() {
-                    notify_error(state, format!("No face found in {}: try a photo with more margin around the face", crate::file_name(&path)));
+                    notify_error(
+                        state,
+                        format!("No face found in {}: try a photo with more margin around the face", crate::file_name(&path)),
+                    );
                 }
                 // Restoring an identity: select its face, and keep it when more photos follow.
                 let restored = match state.pending_faces.front() {
@@ -255,7 +258,10 @@ impl StudioApp {
                     if self.gallery_thread.send(GalleryRequest::Adopt { path: path.clone(), metadata: Box::new(metadata) }) {
                         self.pending_images.insert(path, image);
                     } else {
-                        notify_error(state, format!("The gallery is busy; {} is saved and appears when the gallery next opens", path.display()));
+                        notify_error(
+                            state,
+                            format!("The gallery is busy; {} is saved and appears when the gallery next opens", path.display()),
+                        );
                     }
                 }
                 // Never drop a result silently: say where it failed.
@@ -326,7 +332,10 @@ impl StudioApp {
                 GalleryReport::Failed { message, path } => {
                     if let Some(path) = path {
                         self.pending_images.remove(&path);
-                        let text = format!("{message}; the image itself is safe at {} and the gallery finds it when it next opens", path.display());
+                        let text = format!(
+                            "{message}; the image itself is safe at {} and the gallery finds it when it next opens",
+                            path.display()
+                        );
                         notify_error(state, text);
                     } else {
                         notify_error(state, message);

@@ -11,7 +11,7 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::models::check::{self, FileState, FileStatus};
-use crate::models::download::{self, DownloadError, DownloadEvent, DownloadOptions, TransferRate};
+use crate::models::download::{self, DownloadError, DownloadEvent, DownloadOptions, TransferProgress};
 use crate::models::hub::{Hub, HubConfig};
 use crate::models::onnxruntime::{self, PinnedLibrary};
 use crate::models::{ModelFile, ModelsDir};
@@ -21,11 +21,20 @@ pub const RUNTIME_ROW: &str = "ONNX Runtime";
 
 /// Files fetched at once.
 const PARALLEL_DOWNLOADS: usize = 2;
+/// Events waiting for the UI at most.
+const EVENT_CAPACITY: usize = 256;
 
 pub enum TaskEvent {
-    File { relative_path: &'static str, event: DownloadEvent },
-    Checking { relative_path: &'static str },
+    File {
+        relative_path: &'static str,
+        event: DownloadEvent,
+    },
+    Checking {
+        relative_path: &'static str,
+    },
     Verified(Vec<FileStatus>),
+    /// The hub could not be reached: what to tell the user, once.
+    Unreachable(String),
     Finished,
 }
 
@@ -46,11 +55,15 @@ impl ModelsTask {
         runtime: Option<(PathBuf, PinnedLibrary)>,
         hub: HubConfig,
         wake: impl Fn() + Send + Sync + 'static,
-    ) -> Self {
+    ) -> std::io::Result<Self> {
         Self::spawn(false, wake, move |cancel, send| {
             let hub = Hub::new(hub);
             let report = |index: usize, event| send(TaskEvent::File { relative_path: files[index].relative_path, event });
-            download::download_all(&models, &files, &hub, DownloadOptions { parallel: PARALLEL_DOWNLOADS, replace: true }, cancel, &report);
+            let options = DownloadOptions { parallel: PARALLEL_DOWNLOADS, replace: true };
+            let summary = download::download_all(&models, &files, &hub, options, cancel, &report);
+            if let Some(message) = summary.unreachable {
+                send(TaskEvent::Unreachable(message));
+            }
             if let Some((dir, library)) = runtime {
                 let report = |event| send(TaskEvent::File { relative_path: RUNTIME_ROW, event });
                 let event = match onnxruntime::install(&dir, &onnxruntime::index_url(), &library, &hub, cancel, &report) {
@@ -64,7 +77,7 @@ impl ModelsTask {
     }
 
     /// Opens every present file as its loader would (hashing those with a recorded checksum).
-    pub fn verify(models: ModelsDir, wake: impl Fn() + Send + Sync + 'static) -> Self {
+    pub fn verify(models: ModelsDir, wake: impl Fn() + Send + Sync + 'static) -> std::io::Result<Self> {
         Self::spawn(true, wake, move |_, send| {
             let statuses = check::verify(&models, |file| send(TaskEvent::Checking { relative_path: file.relative_path }));
             send(TaskEvent::Verified(statuses));
@@ -75,22 +88,23 @@ impl ModelsTask {
         verifying: bool,
         wake: impl Fn() + Send + Sync + 'static,
         work: impl FnOnce(&AtomicBool, &(dyn Fn(TaskEvent) + Sync)) + Send + 'static,
-    ) -> Self {
-        let (sender, events): (Sender<TaskEvent>, _) = crossbeam_channel::unbounded();
+    ) -> std::io::Result<Self> {
+        let (sender, events): (Sender<TaskEvent>, _) = crossbeam_channel::bounded(EVENT_CAPACITY);
         let cancel = Arc::new(AtomicBool::new(false));
         let task_cancel = cancel.clone();
-        std::thread::Builder::new()
-            .name("models".into())
-            .spawn(move || {
-                let send = |event| {
-                    let _ = sender.send(event);
+        std::thread::Builder::new().name("models".into()).spawn(move || {
+            let send = |event: TaskEvent| {
+                // Progress the UI has no room for is dropped (a newer count follows); the rest waits.
+                let progress = matches!(event, TaskEvent::File { event: DownloadEvent::Progress { .. }, .. });
+                let sent = if progress { sender.try_send(event).is_ok() } else { sender.send(event).is_ok() };
+                if sent {
                     wake();
-                };
-                work(&task_cancel, &send);
-                send(TaskEvent::Finished);
-            })
-            .expect("the models thread starts");
-        Self { verifying, cancel, events }
+                }
+            };
+            work(&task_cancel, &send);
+            send(TaskEvent::Finished);
+        })?;
+        Ok(Self { verifying, cancel, events })
     }
 
     pub fn cancel(&self) {
@@ -105,9 +119,7 @@ impl ModelsTask {
 /// One file's transfer as the Models window shows it.
 #[derive(Debug, Clone, Default)]
 pub struct Transfer {
-    pub total: u64,
-    pub done: u64,
-    pub rate: TransferRate,
+    pub progress: TransferProgress,
     /// "from the Hugging Face cache", "retrying: …", "failed: …", "cancelled", "checking".
     pub note: Option<String>,
     pub failed: bool,
@@ -122,6 +134,8 @@ pub struct ModelsState {
     pub task: Option<ModelsTask>,
     /// Where the ONNX Runtime library was found, or why not.
     pub runtime: Option<Result<PathBuf, String>>,
+    /// The last download found the hub unreachable: why, and what to do, in one line.
+    pub unreachable: Option<String>,
 }
 
 impl ModelsState {
@@ -133,11 +147,11 @@ impl ModelsState {
     }
 
     /// Files the app cannot generate from a photo without.
-    pub fn missing_required(&self) -> Vec<&'static str> {
+    pub fn missing_required(&self) -> Vec<ModelFile> {
         self.statuses
             .iter()
             .filter(|s| s.file.needed_for.required() && !matches!(s.state, FileState::Present { .. }))
-            .map(|s| s.file.relative_path)
+            .map(|s| s.file)
             .collect()
     }
 
@@ -160,16 +174,13 @@ impl ModelsState {
         match event {
             TaskEvent::File { relative_path, event } => {
                 let transfer = self.transfers.entry(relative_path).or_default();
+                transfer.progress.follow(&event, Instant::now());
                 match event {
-                    DownloadEvent::Started { total, done, from_cache } => {
-                        *transfer =
-                            Transfer { total, done, note: from_cache.then(|| "from the Hugging Face cache".into()), ..Default::default() };
-                        transfer.rate.record(Instant::now(), done);
+                    DownloadEvent::Started { from_cache, .. } => {
+                        transfer.note = from_cache.then(|| "from the Hugging Face cache".into());
+                        transfer.failed = false;
                     }
-                    DownloadEvent::Progress { done } => {
-                        transfer.done = done;
-                        transfer.rate.record(Instant::now(), done);
-                    }
+                    DownloadEvent::Progress { .. } => {}
                     DownloadEvent::Retrying { message } => transfer.note = Some(format!("retrying: {message}")),
                     DownloadEvent::Finished | DownloadEvent::AlreadyPresent => {
                         self.transfers.remove(relative_path);
@@ -189,6 +200,10 @@ impl ModelsState {
             TaskEvent::Verified(statuses) => {
                 self.transfers.retain(|_, t| t.note.as_deref() != Some("checking"));
                 self.statuses = statuses;
+                false
+            }
+            TaskEvent::Unreachable(message) => {
+                self.unreachable = Some(message);
                 false
             }
             // A verification's statuses are already in; a download's need the folder re-read.

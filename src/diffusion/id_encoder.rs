@@ -184,7 +184,7 @@ impl IdEncoder {
     pub fn encode_identity(&self, identity: &[f32]) -> Result<Tensor> {
         let ids = pad_to_sequence(&CONDITIONAL_PREFIX);
         let tokens = self.token_embedding.forward(&Tensor::new(ids.as_slice(), self.device())?)?;
-        let norm = identity.iter().map(|v| v * v).sum::<f32>().sqrt();
+        let norm = crate::l2_norm(identity);
         let mut id_row: Vec<f32> = identity.iter().map(|v| v / norm).collect();
         id_row.resize(self.hidden_size, 0.0);
         let id_row = Tensor::from_vec(id_row, (1, self.hidden_size), self.device())?.to_dtype(tokens.dtype())?;

@@ -33,6 +33,7 @@ pub fn latents_to_rgb(latents: &Tensor) -> Result<RgbImage> {
         };
         pixels.extend(rgb.map(|v| (((v + 1.0) / 2.0).clamp(0.0, 1.0) * 255.0).round() as u8));
     }
+    #[allow(clippy::expect_used, reason = "the buffer was filled to the image's size above")]
     Ok(RgbImage::from_raw(width as u32, height as u32, pixels).expect("buffer sized to the image"))
 }
 

@@ -138,7 +138,9 @@ impl DpmSolverMultistep {
         let first_order = i == 0 || i == self.timesteps.len() - 1;
         let mut prev_sample = ((&sample * (next.s / now.s))? - (&x0 * x0_coefficient)?)?;
         if !first_order {
-            let previous_x0 = self.previous_x0.as_ref().expect("set by the previous step");
+            let Some(previous_x0) = self.previous_x0.as_ref() else {
+                candle_core::bail!("a second-order step needs the previous step's prediction");
+            };
             let previous = Sigma::new(self.sigmas[i - 1]);
             let r = (now.lambda - previous.lambda) / h;
             let d1 = ((&x0 - previous_x0)? / r)?;

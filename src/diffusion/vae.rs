@@ -125,6 +125,7 @@ pub fn to_rgb_images(decoded: &Tensor) -> Result<Vec<RgbImage>> {
     Ok((0..batch)
         .map(|i| {
             let buffer = pixels[i * per_image..(i + 1) * per_image].to_vec();
+            #[allow(clippy::expect_used, reason = "the slice is one image's worth of the decoded batch")]
             RgbImage::from_raw(width as u32, height as u32, buffer).expect("buffer sized to the image")
         })
         .collect())

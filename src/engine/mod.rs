@@ -258,7 +258,7 @@ impl Arc2FacePipeline {
         if id.is_empty() || id.len() > self.max_identity_len() {
             return input(format!("the identity vector has {} values; this encoder takes 1 to {}", id.len(), self.max_identity_len()));
         }
-        let norm = id.iter().map(|v| v * v).sum::<f32>().sqrt();
+        let norm = crate::l2_norm(id);
         if !norm.is_finite() || norm == 0.0 {
             return input("the identity vector is zero or not finite".into());
         }

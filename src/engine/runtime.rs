@@ -134,8 +134,7 @@ impl RuntimeSpec {
             // candle's CPU convolutions have no bf16 kernels: refuse before loading anything.
             (Precision::Bf16, Device::Cpu) => {
                 return Err(EngineError::Unsupported(
-                    "bf16 does not run on the CPU (its convolutions have no bf16 kernels there): use f32, or f16 to halve memory"
-                        .into(),
+                    "bf16 does not run on the CPU (its convolutions have no bf16 kernels there): use f32, or f16 to halve memory".into(),
                 ));
             }
             (Precision::Bf16, _) => DType::BF16,
@@ -150,8 +149,9 @@ fn cuda(ordinal: usize) -> Result<Device, EngineError> {
             "this build has no CUDA support: use the CPU, or the CUDA build of arc2face (scripts/build-cuda)".into(),
         ));
     }
-    Device::new_cuda(ordinal)
-        .map_err(|e| EngineError::Unsupported(format!("CUDA device {ordinal} is not usable: {}", crate::models::first_line(&e.to_string()))))
+    Device::new_cuda(ordinal).map_err(|e| {
+        EngineError::Unsupported(format!("CUDA device {ordinal} is not usable: {}", crate::models::first_line(&e.to_string())))
+    })
 }
 
 #[cfg(test)]

@@ -69,10 +69,10 @@ pub fn mean_identity(embeddings: &[Vec<f32>]) -> Vec<f32> {
     let dim = embeddings.first().map_or(0, Vec::len);
     let mut sum = vec![0f32; dim];
     for embedding in embeddings {
-        let norm = embedding.iter().map(|v| v * v).sum::<f32>().sqrt().max(f32::MIN_POSITIVE);
+        let norm = crate::l2_norm(embedding).max(f32::MIN_POSITIVE);
         sum.iter_mut().zip(embedding).for_each(|(s, v)| *s += v / norm);
     }
-    let norm = sum.iter().map(|v| v * v).sum::<f32>().sqrt().max(f32::MIN_POSITIVE);
+    let norm = crate::l2_norm(&sum).max(f32::MIN_POSITIVE);
     sum.iter().map(|v| v / norm).collect()
 }
 
@@ -161,6 +161,5 @@ pub fn identity_match(analyzer: &mut FaceAnalyzer, image: &RgbImage, identity: &
     let faces = analyzer.analyze(&padded, DEFAULT_DET_SIZE).ok()?;
     let face = &faces[largest_face(&faces)?];
     let dot: f32 = face.embedding.iter().zip(identity).map(|(a, b)| a * b).sum();
-    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    (face.embedding.len() == identity.len()).then(|| dot / (norm(&face.embedding) * norm(identity)))
+    (face.embedding.len() == identity.len()).then(|| dot / (crate::l2_norm(&face.embedding) * crate::l2_norm(identity)))
 }

@@ -54,5 +54,6 @@ pub fn bilinear(image: &RgbImage, width: usize, height: usize) -> RgbImage {
                 .map(|(&t, &b)| ((t as i64 * w0 as i64 + b as i64 * w1 as i64 + round) >> (2 * COEF_BITS)).clamp(0, 255) as u8),
         );
     }
+    #[allow(clippy::expect_used, reason = "one RGB triple per output pixel was pushed above")]
     RgbImage::from_raw(width as u32, height as u32, out).expect("buffer sized to the image")
 }

@@ -45,12 +45,7 @@ pub fn runtime() -> Result<&'static Runtime, String> {
 
 /// Where the app puts the library it fetches (`arc2face models download`, the Models window).
 pub fn install_dir() -> Option<PathBuf> {
-    data_dir().map(|dir| dir.join("onnxruntime"))
-}
-
-/// The app's data folder, where downloads (models, the runtime) go.
-pub fn data_dir() -> Option<PathBuf> {
-    directories::ProjectDirs::from("", "", "arc2face-studio").map(|dirs| dirs.data_dir().to_path_buf())
+    crate::data_dir().map(|dir| dir.join("onnxruntime"))
 }
 
 fn candidates() -> Vec<PathBuf> {

@@ -362,8 +362,7 @@ impl Gallery {
 
 /// `entries` in the given order.
 pub fn sorted(entries: &[GalleryEntry], order: SortOrder) -> Vec<&GalleryEntry> {
-    let newest_first =
-        |a: &&GalleryEntry, b: &&GalleryEntry| (b.metadata.created_unix_ms, b.id).cmp(&(a.metadata.created_unix_ms, a.id));
+    let newest_first = |a: &&GalleryEntry, b: &&GalleryEntry| (b.metadata.created_unix_ms, b.id).cmp(&(a.metadata.created_unix_ms, a.id));
     let mut sorted: Vec<&GalleryEntry> = entries.iter().collect();
     match order {
         SortOrder::Newest => sorted.sort_by(newest_first),

@@ -45,6 +45,9 @@ pub enum DownloadEvent {
 pub enum DownloadError {
     #[error(transparent)]
     Hub(#[from] HubError),
+    /// No connection to the hub at all (name lookup, connect), and no copy in the cache.
+    #[error("not in the Hugging Face cache, and the hub cannot be reached")]
+    Unreachable,
     #[error("{0}")]
     Other(String),
     #[error("cancelled")]
@@ -61,8 +64,25 @@ pub struct DownloadOptions {
     pub replace: bool,
 }
 
+/// How a batch of downloads ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DownloadSummary {
+    pub failed: usize,
+    /// Set when the hub could not be reached at all: what to tell the user, once.
+    pub unreachable: Option<String>,
+}
+
+/// What to tell someone whose machine cannot reach the hub.
+pub fn unreachable_message(endpoint: &str) -> String {
+    format!(
+        "The Hugging Face Hub ({endpoint}) cannot be reached: check the network connection or proxy; set HF_ENDPOINT \
+         to use a mirror; or point the app at a folder that already holds the files (Change folder…, or --models)"
+    )
+}
+
 /// Fetches `files` into `models`. `report(i, event)` hears about `files[i]`; `cancel` stops
-/// every transfer within one read, keeping the `.part` files. Returns how many files failed.
+/// every transfer within one read, keeping the `.part` files. Once the hub turns out to be
+/// unreachable, the remaining files are only looked for in the cache.
 pub fn download_all(
     models: &ModelsDir,
     files: &[ModelFile],
@@ -70,9 +90,10 @@ pub fn download_all(
     options: DownloadOptions,
     cancel: &AtomicBool,
     report: &(dyn Fn(usize, DownloadEvent) + Sync),
-) -> usize {
+) -> DownloadSummary {
     let next = AtomicUsize::new(0);
     let failed = AtomicUsize::new(0);
+    let unreachable = AtomicBool::new(hub.config.offline);
     let checksums = Mutex::new(());
     std::thread::scope(|scope| {
         for _ in 0..options.parallel.clamp(1, files.len().max(1)) {
@@ -83,12 +104,16 @@ pub fn download_all(
                     let result = if cancel.load(Ordering::Relaxed) {
                         Err(DownloadError::Cancelled)
                     } else {
-                        download_file(models, file, hub, options.replace, cancel, &checksums, &|event| report(index, event))
+                        let network = !unreachable.load(Ordering::Relaxed);
+                        download_file(models, file, hub, options.replace, network, cancel, &checksums, &|event| report(index, event))
                     };
                     let event = match result {
                         Ok(event) => event,
                         Err(DownloadError::Cancelled) => DownloadEvent::Cancelled,
                         Err(e) => {
+                            if matches!(e, DownloadError::Unreachable) {
+                                unreachable.store(true, Ordering::Relaxed);
+                            }
                             failed.fetch_add(1, Ordering::Relaxed);
                             DownloadEvent::Failed { message: e.to_string() }
                         }
@@ -98,16 +123,19 @@ pub fn download_all(
             });
         }
     });
-    failed.into_inner()
+    let unreachable = (unreachable.into_inner() && !hub.config.offline).then(|| unreachable_message(&hub.config.endpoint));
+    DownloadSummary { failed: failed.into_inner(), unreachable }
 }
 
-/// One file: skip it if present and right, else find it (hub metadata, then cache or network),
-/// verify it, move it into place and record its checksum.
+/// One file: skip it if present and right, else find it (hub metadata, then cache or network;
+/// only the cache without `network`), verify it, move it into place and record its checksum.
+#[allow(clippy::too_many_arguments)]
 fn download_file(
     models: &ModelsDir,
     file: ModelFile,
     hub: &Hub,
     replace: bool,
+    network: bool,
     cancel: &AtomicBool,
     checksums: &Mutex<()>,
     report: &dyn Fn(DownloadEvent),
@@ -129,15 +157,15 @@ fn download_file(
         std::fs::create_dir_all(parent).map_err(|e| io_error(parent, e))?;
     }
     let lock = PartLock::acquire(&dest)?;
-    let remote = if hub.config.offline {
+    let remote = if !network {
         None
     } else {
         match hub.head(&file.source) {
             Ok(remote) => Some(remote),
             // Without a connection, the cache may still have it (as huggingface_hub does).
-            Err(HubError::Network { url, message }) => match hub.cached(&file.source, None) {
+            Err(HubError::Network { .. }) => match hub.cached(&file.source, None) {
                 Some(_) => None,
-                None => return Err(HubError::Network { url, message }.into()),
+                None => return Err(DownloadError::Unreachable),
             },
             Err(e) => return Err(e.into()),
         }
@@ -154,13 +182,15 @@ fn download_file(
             }
         },
         None => {
-            let (cached, checksum) = hub.cached(&file.source, None).ok_or_else(|| {
-                DownloadError::Other(format!(
+            let not_cached = || match hub.config.offline {
+                true => DownloadError::Other(format!(
                     "{} is not in the Hugging Face cache ({}) and HF_HUB_OFFLINE forbids downloading it",
                     file.relative_path,
                     hub.config.cache_dir.as_ref().map_or("none".into(), |d| d.display().to_string())
-                ))
-            })?;
+                )),
+                false => DownloadError::Unreachable,
+            };
+            let (cached, checksum) = hub.cached(&file.source, None).ok_or_else(not_cached)?;
             let size = std::fs::metadata(&cached).map_err(|e| io_error(&cached, e))?.len();
             match checksum {
                 Some(checksum) => copy_from_cache(&cached, &dest, size, &checksum, cancel, report)?,
@@ -409,20 +439,41 @@ fn io_error(path: &Path, error: std::io::Error) -> DownloadError {
     DownloadError::Other(format!("{}: {error}", path.display()))
 }
 
-/// Speed and time left of a transfer, smoothed over the last few seconds.
+/// One file's transfer as its events tell it: its size, the bytes so far, and the speed and
+/// time left, smoothed over the last few seconds.
 #[derive(Debug, Clone, Default)]
-pub struct TransferRate {
+pub struct TransferProgress {
+    pub total: u64,
+    pub done: u64,
     samples: std::collections::VecDeque<(Instant, u64)>,
 }
 
-impl TransferRate {
+impl TransferProgress {
     const WINDOW: Duration = Duration::from_secs(5);
 
-    pub fn record(&mut self, now: Instant, done: u64) {
+    /// Takes in what `event` says about the bytes; other events change nothing.
+    pub fn follow(&mut self, event: &DownloadEvent, now: Instant) {
+        match *event {
+            DownloadEvent::Started { total, done, .. } => {
+                *self = TransferProgress { total, ..Default::default() };
+                self.record(now, done);
+            }
+            DownloadEvent::Progress { done } => self.record(now, done),
+            _ => {}
+        }
+    }
+
+    fn record(&mut self, now: Instant, done: u64) {
+        self.done = done;
         self.samples.push_back((now, done));
         while self.samples.len() > 2 && self.samples.front().is_some_and(|(t, _)| now.duration_since(*t) > Self::WINDOW) {
             self.samples.pop_front();
         }
+    }
+
+    /// How much is done, from 0 to 1.
+    pub fn fraction(&self) -> f32 {
+        self.done as f32 / self.total.max(1) as f32
     }
 
     /// Bytes per second, once there are two samples apart in time.
@@ -432,9 +483,8 @@ impl TransferRate {
         (seconds > 0.0 && last.1 >= first.1).then(|| (last.1 - first.1) as f64 / seconds)
     }
 
-    pub fn time_left(&self, total: u64) -> Option<Duration> {
+    pub fn time_left(&self) -> Option<Duration> {
         let speed = self.bytes_per_second().filter(|s| *s > 0.0)?;
-        let done = self.samples.back()?.1;
-        Some(Duration::from_secs_f64(total.saturating_sub(done) as f64 / speed))
+        Some(Duration::from_secs_f64(self.total.saturating_sub(self.done) as f64 / speed))
     }
 }

@@ -44,6 +44,15 @@ pub struct ModelFile {
     pub source: HubFile,
     pub licence: &'static str,
     pub needed_for: Feature,
+    /// About how large the real file is (0 for small or unknown), to say how much a download
+    /// will take before the hub says exactly.
+    pub typical_bytes: u64,
+}
+
+impl ModelFile {
+    const fn sized(self, typical_bytes: u64) -> Self {
+        ModelFile { typical_bytes, ..self }
+    }
 }
 
 /// A file of a Hugging Face Hub repository.
@@ -94,22 +103,22 @@ const EMOCA: &str = "non-commercial (trained on EMOCA/FLAME outputs)";
 
 const fn arc2face_file(relative_path: &'static str, what: &'static str, needed_for: Feature, licence: &'static str) -> ModelFile {
     let source = HubFile { repo: ARC2FACE_REPO, kind: RepoKind::Model, path: relative_path };
-    ModelFile { relative_path, what, source, licence, needed_for }
+    ModelFile { relative_path, what, source, licence, needed_for, typical_bytes: 0 }
 }
 
 const fn sd15_file(relative_path: &'static str, what: &'static str) -> ModelFile {
     let source = HubFile { repo: SD15_REPO, kind: RepoKind::Model, path: relative_path };
-    ModelFile { relative_path, what, source, licence: OPENRAIL, needed_for: Feature::Generation }
+    ModelFile { relative_path, what, source, licence: OPENRAIL, needed_for: Feature::Generation, typical_bytes: 0 }
 }
 
 pub const UNET_CONFIG: ModelFile = arc2face_file("arc2face/config.json", "Arc2Face UNet config", Feature::Generation, MIT);
 pub const UNET_WEIGHTS: ModelFile =
-    arc2face_file("arc2face/diffusion_pytorch_model.safetensors", "Arc2Face UNet weights", Feature::Generation, MIT);
+    arc2face_file("arc2face/diffusion_pytorch_model.safetensors", "Arc2Face UNet weights", Feature::Generation, MIT).sized(3_440_000_000);
 pub const ENCODER_CONFIG: ModelFile = arc2face_file("encoder/config.json", "Arc2Face ID encoder config", Feature::Generation, MIT);
 pub const ENCODER_WEIGHTS: ModelFile =
-    arc2face_file("encoder/pytorch_model.bin", "Arc2Face ID encoder weights (torch pickle)", Feature::Generation, MIT);
+    arc2face_file("encoder/pytorch_model.bin", "Arc2Face ID encoder weights (torch pickle)", Feature::Generation, MIT).sized(492_000_000);
 pub const VAE_CONFIG: ModelFile = sd15_file("vae/config.json", "SD1.5 VAE config");
-pub const VAE_WEIGHTS: ModelFile = sd15_file("vae/diffusion_pytorch_model.safetensors", "SD1.5 VAE weights");
+pub const VAE_WEIGHTS: ModelFile = sd15_file("vae/diffusion_pytorch_model.safetensors", "SD1.5 VAE weights").sized(335_000_000);
 pub const SCHEDULER_CONFIG: ModelFile = sd15_file("scheduler/scheduler_config.json", "SD1.5 scheduler config");
 
 pub const DETECTOR: ModelFile = ModelFile {
@@ -119,14 +128,17 @@ pub const DETECTOR: ModelFile = ModelFile {
     source: HubFile { repo: ARC2FACE_REPO, kind: RepoKind::Space, path: "models/antelopev2/scrfd_10g_bnkps.onnx" },
     licence: INSIGHTFACE,
     needed_for: Feature::FaceAnalysis,
+    typical_bytes: 16_900_000,
 };
 pub const RECOGNIZER: ModelFile =
-    arc2face_file("arcface.onnx", "Arc2Face's ArcFace recognizer (not glintr100.onnx)", Feature::FaceAnalysis, INSIGHTFACE);
+    arc2face_file("arcface.onnx", "Arc2Face's ArcFace recognizer (not glintr100.onnx)", Feature::FaceAnalysis, INSIGHTFACE)
+        .sized(261_000_000);
 
 pub const CONTROLNET_CONFIG: ModelFile =
     arc2face_file("controlnet/config.json", "Arc2Face pose ControlNet config", Feature::PoseControl, MIT);
 pub const CONTROLNET_WEIGHTS: ModelFile =
-    arc2face_file("controlnet/diffusion_pytorch_model.safetensors", "Arc2Face pose ControlNet weights", Feature::PoseControl, MIT);
+    arc2face_file("controlnet/diffusion_pytorch_model.safetensors", "Arc2Face pose ControlNet weights", Feature::PoseControl, MIT)
+        .sized(1_450_000_000);
 pub const EXPRESSION_ADAPTER: ModelFile =
     arc2face_file("exp_adapter/exp_adapter.bin", "Arc2Face Expression Adapter (torch pickle)", Feature::ExpressionControl, EMOCA);
 
@@ -154,7 +166,7 @@ pub const ALL_FILES: [ModelFile; 12] = [
 pub fn default_models_dir() -> PathBuf {
     std::env::var_os("ARC2FACE_MODELS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| crate::face::runtime::data_dir().unwrap_or_else(|| PathBuf::from(".")).join("models"))
+        .unwrap_or_else(|| crate::data_dir().unwrap_or_else(|| PathBuf::from(".")).join("models"))
 }
 
 /// A models folder on disk.
@@ -199,12 +211,6 @@ impl ModelsDir {
                 ),
             }),
         }
-    }
-
-    /// Reads and parses a JSON config file of this folder.
-    pub fn read_config<T: DeserializeOwned>(&self, file: ModelFile) -> Result<T, ModelError> {
-        let path = self.existing(file)?;
-        read_json(&path)
     }
 }
 

@@ -59,12 +59,13 @@ impl MockHub {
         let state = Arc::new(Mutex::new(State::default()));
         for listener in [hub, storage] {
             let (shared, origin) = (state.clone(), storage_origin.clone());
-            std::thread::spawn(move || {
+            let accept = move || {
                 for stream in listener.incoming().flatten() {
                     let (state, origin) = (shared.clone(), origin.clone());
-                    std::thread::spawn(move || serve(stream, &state, &origin));
+                    std::thread::Builder::new().name("mock-hub-connection".into()).spawn(move || serve(stream, &state, &origin)).unwrap();
                 }
-            });
+            };
+            std::thread::Builder::new().name("mock-hub".into()).spawn(accept).unwrap();
         }
         Self { endpoint, storage_origin, state }
     }

@@ -48,6 +48,16 @@ pub(super) fn short_duration(seconds: f64) -> String {
     }
 }
 
+/// "3 model files missing (about 4.2 GB), needed for generation and face analysis."
+fn missing_files_text(missing: &[crate::models::ModelFile]) -> String {
+    let bytes: u64 = missing.iter().map(|f| f.typical_bytes).sum();
+    let size = if bytes > 0 { format!(" (about {})", crate::models::check::human_bytes(bytes)) } else { String::new() };
+    let mut needed_for: Vec<&str> = missing.iter().map(|f| f.needed_for.label()).collect();
+    needed_for.dedup();
+    let files = if missing.len() == 1 { "model file".to_string() } else { format!("{} model files", missing.len()) };
+    format!("{files} missing{size}, needed for {}.", needed_for.join(" and "))
+}
+
 fn top_bar(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
     ui.horizontal(|ui| {
         if ui.button("Open photo…").on_hover_text("Ctrl+O, or drop a photo on the window").clicked() {
@@ -76,7 +86,11 @@ fn top_bar(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
     let missing = state.models.missing_required();
     if !missing.is_empty() {
         ui.horizontal_wrapped(|ui| {
-            ui.colored_label(WARNING, format!("Model files missing in {}: {}.", state.models_dir.display(), missing.join(", ")));
+            ui.colored_label(WARNING, missing_files_text(&missing)).on_hover_text(format!(
+                "In {}: {}",
+                state.models_dir.display(),
+                missing.iter().map(|f| f.relative_path).collect::<Vec<_>>().join(", ")
+            ));
             if ui.button("Get the models…").clicked() {
                 actions.push(ModelsAction::ShowWindow(true).into());
             }

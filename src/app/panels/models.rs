@@ -44,6 +44,9 @@ pub(super) fn models_window(ctx: &egui::Context, state: &AppState, actions: &mut
                 }
             }
         });
+        if let Some(message) = &models.unreachable {
+            ui.add(egui::Label::new(RichText::new(message).color(ERROR)).wrap());
+        }
         ui.separator();
         egui::Grid::new("model files").striped(true).num_columns(5).spacing([12.0, 6.0]).show(ui, |ui| {
             for heading in ["File", "Needed for", "State", "Licence", ""] {
@@ -56,16 +59,17 @@ pub(super) fn models_window(ctx: &egui::Context, state: &AppState, actions: &mut
                 ui.label(file.needed_for.label());
                 let transfer = models.transfers.get(file.relative_path);
                 match transfer {
-                    Some(t) if t.total > 0 && !t.failed => {
+                    Some(t) if t.progress.total > 0 && !t.failed => {
+                        let p = &t.progress;
                         ui.vertical(|ui| {
-                            let fraction = t.done as f32 / t.total as f32;
+                            let fraction = p.fraction();
                             ui.add(egui::ProgressBar::new(fraction).desired_width(260.0).text(format!(
                                 "{} of {}",
-                                human_bytes(t.done),
-                                human_bytes(t.total)
+                                human_bytes(p.done),
+                                human_bytes(p.total)
                             )));
-                            let speed = t.rate.bytes_per_second().map(|s| format!("{}/s", human_bytes(s as u64))).unwrap_or_default();
-                            let eta = t.rate.time_left(t.total).map(|d| format!(", {} left", short_duration(d.as_secs_f64()))).unwrap_or_default();
+                            let speed = p.bytes_per_second().map(|s| format!("{}/s", human_bytes(s as u64))).unwrap_or_default();
+                            let eta = p.time_left().map(|d| format!(", {} left", short_duration(d.as_secs_f64()))).unwrap_or_default();
                             ui.small(format!("{speed}{eta} {}", t.note.as_deref().unwrap_or_default()));
                         });
                     }
@@ -96,8 +100,10 @@ pub(super) fn models_window(ctx: &egui::Context, state: &AppState, actions: &mut
         ui.separator();
         let runtime_transfer = models.transfers.get(super::super::models_task::RUNTIME_ROW);
         match (&models.runtime, runtime_transfer) {
-            (_, Some(t)) if t.total > 0 && !t.failed => {
-                ui.add(egui::ProgressBar::new(t.done as f32 / t.total as f32).desired_width(260.0).text(format!("ONNX Runtime: {} of {}", human_bytes(t.done), human_bytes(t.total))));
+            (_, Some(t)) if t.progress.total > 0 && !t.failed => {
+                let p = &t.progress;
+                let text = format!("ONNX Runtime: {} of {}", human_bytes(p.done), human_bytes(p.total));
+                ui.add(egui::ProgressBar::new(p.fraction()).desired_width(260.0).text(text));
             }
             (_, Some(t)) if t.failed => {
                 ui.horizontal(|ui| {
