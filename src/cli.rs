@@ -11,6 +11,7 @@ use anyhow::{Context, bail};
 use candle_core::{DType, Tensor};
 use clap::{Args, Parser, Subcommand};
 
+use crate::diffusion::schedulers::Sampler;
 use crate::engine::{
     Arc2FacePipeline, DeviceChoice, EngineError, FaceRef, Flow, GeneratedImage, GenerationSpec, IdentitySource, Job, JobOutcome, Precision,
     RuntimeSpec, StepProgress,
@@ -112,8 +113,9 @@ pub struct GenerateArgs {
     pub from: Option<PathBuf>,
     #[command(flatten)]
     pub settings: SettingsArgs,
-    /// Initial latents (N, C, h, w) float32 .npy instead of seeded noise.
-    #[arg(long, conflicts_with = "seed")]
+    /// Initial latents (N, C, h, w) float32 .npy instead of seeded noise; a --seed given too
+    /// only feeds the noise euler-a and lcm add at each step.
+    #[arg(long)]
     pub noise: Option<PathBuf>,
     /// Folder for the PNGs.
     #[arg(long, default_value = ".")]
@@ -143,6 +145,9 @@ pub struct SettingsArgs {
     /// was trained at, 512].
     #[arg(long)]
     pub size: Option<usize>,
+    /// The sampler [default: dpmpp-2m].
+    #[arg(long, value_enum)]
+    pub scheduler: Option<Sampler>,
     /// auto, cpu, cuda or cuda:N [default: auto: CUDA when this build has it and a GPU answers].
     #[arg(long, value_parser = DeviceChoice::parse)]
     pub device: Option<DeviceChoice>,
@@ -154,7 +159,7 @@ pub struct SettingsArgs {
 impl SettingsArgs {
     /// Writes every flag given into `spec`.
     pub fn apply(&self, spec: &mut GenerationSpec) {
-        let Self { num_images, steps, guidance, seed, size, device, dtype } = self;
+        let Self { num_images, steps, guidance, seed, size, scheduler, device, dtype } = self;
         if let Some(n) = num_images {
             spec.num_images = *n;
         }
@@ -169,6 +174,9 @@ impl SettingsArgs {
         }
         if size.is_some() {
             spec.size = *size;
+        }
+        if let Some(sampler) = scheduler {
+            spec.sampler = *sampler;
         }
         if let Some(device) = device {
             spec.runtime.device = *device;
@@ -209,7 +217,7 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     };
     let initial_latents = args.noise.as_deref().map(read_noise).transpose()?;
     if let Some(latents) = &initial_latents {
-        spec.seed = None;
+        spec.seed = args.settings.seed;
         spec.num_images = args.settings.num_images.unwrap_or(latents.dim(0)?);
     } else if spec.seed.is_none() {
         let seed = crate::engine::random_seed();

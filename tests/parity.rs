@@ -14,23 +14,18 @@ use candle_core::{DType, Device, Tensor};
 use common::*;
 
 use arc2face_studio::diffusion::id_encoder::{IdEncoder, IdEncoderConfig};
-use arc2face_studio::diffusion::noise::torch_randn;
-use arc2face_studio::diffusion::scheduler::{DpmSolverMultistep, SchedulerConfig};
+use arc2face_studio::diffusion::noise::TorchGenerator;
+use arc2face_studio::diffusion::schedulers::{Sampler, Scheduler};
 use arc2face_studio::diffusion::unet::{Conditioning, UNet, UNetConfig};
 use arc2face_studio::diffusion::vae::{Vae, VaeConfig};
-use arc2face_studio::engine::{Arc2FacePipeline, Flow, GenerationSpec, Job, Runtime};
+use arc2face_studio::engine::GenerationSpec;
 use arc2face_studio::models::{self, ModelsDir, load_pickle, load_safetensors};
-
-fn training_sigmas() -> Vec<f64> {
-    let config: SchedulerConfig = models::read_json(&ModelsDir::new(models_dir()).path(models::SCHEDULER_CONFIG)).unwrap();
-    config.training_sigmas().unwrap()
-}
 
 #[test]
 fn scheduler_timesteps_and_sigmas_match_diffusers() {
-    let training = training_sigmas();
+    let schedule = noise_schedule();
     for steps in [1, 2, 5, 6, 25, 50] {
-        let scheduler = DpmSolverMultistep::new(&training, steps);
+        let Scheduler::DpmSolver(scheduler) = Scheduler::new(Sampler::DpmPp2M, &schedule, steps) else { unreachable!() };
         let expected: Vec<i64> = reference(&format!("scheduler_{steps}_timesteps.npy")).to_vec1().unwrap();
         let actual: Vec<i64> = scheduler.timesteps().iter().map(|&t| t as i64).collect();
         assert_eq!(actual, expected, "timesteps for {steps} steps");
@@ -42,14 +37,14 @@ fn scheduler_timesteps_and_sigmas_match_diffusers() {
 
 #[test]
 fn scheduler_steps_match_diffusers_with_a_formula_model() {
-    let training = training_sigmas();
+    let schedule = noise_schedule();
     for steps in [1, 2, 5, 25] {
-        let mut scheduler = DpmSolverMultistep::new(&training, steps);
+        let mut scheduler = Scheduler::new(Sampler::DpmPp2M, &schedule, steps);
         let mut x = reference("scheduler_trace_x.npy");
         for t in scheduler.timesteps().to_vec() {
             // The reference's "model": eps = sin(x)·0.5 + t/1000, in f32.
             let eps = ((x.sin().unwrap() * 0.5).unwrap() + (t as f32 / 1000.0) as f64).unwrap();
-            x = scheduler.step(&eps, &x).unwrap().prev_sample;
+            x = scheduler.step(&eps, &x, None).unwrap().prev_sample;
         }
         assert_close(&format!("trace of {steps} steps"), &x, &reference(&format!("scheduler_{steps}_trace.npy")), 1e-5);
     }
@@ -67,7 +62,7 @@ fn seeded_noise_matches_torch_randn() {
     ];
     for (seed, name) in cases {
         let expected = reference(name);
-        let actual = Tensor::from_vec(torch_randn(seed, expected.elem_count()), expected.dims(), &Device::Cpu).unwrap();
+        let actual = TorchGenerator::new(seed).randn_tensor(expected.dims(), &Device::Cpu).unwrap();
         let error = relative_max_error(&actual, &expected);
         // torch's vectorised log/sin/cos differ from libm's in the last bits only.
         assert!(error < 1e-5, "seed {seed}: relative max error {error:.3e}");
@@ -120,48 +115,32 @@ fn run_generation(initial_latents: Option<Tensor>, steps: usize, guidance: f64) 
 }
 
 fn run_generation_in(dtype: DType, initial_latents: Option<Tensor>, steps: usize, guidance: f64) -> (Tensor, Vec<Vec<u8>>) {
-    let runtime = Runtime { device: Device::Cpu, dtype };
-    let pipeline = Arc2FacePipeline::load(&ModelsDir::new(models_dir()), &runtime).unwrap();
     let seed = initial_latents.is_none().then_some(42);
     let spec = GenerationSpec { num_images: 2, steps, guidance, size: Some(32), seed, ..Default::default() };
-    let job = Job { spec, identity: reference("id_embedding.npy").to_vec1().unwrap(), initial_latents };
-    let (mut latents, mut images) = (Vec::new(), Vec::new());
-    pipeline
-        .run(&job, &mut |_| Flow::Continue, &mut |generated| {
-            latents.push(generated.latents);
-            images.push(generated.image.into_raw());
-            Ok(())
-        })
-        .unwrap();
-    (Tensor::cat(&latents, 0).unwrap(), images)
+    generate(dtype, spec, initial_latents)
 }
 
-fn check_generation(name: &str, latents: &Tensor, images: &[Vec<u8>]) {
-    assert_close(&format!("{name} latents"), latents, &reference(&format!("gen_{name}_latents.npy")), 1e-4);
-    let expected: Vec<u8> = reference(&format!("gen_{name}_images.npy")).flatten_all().unwrap().to_vec1().unwrap();
-    let per_image = expected.len() / images.len();
-    for (i, image) in images.iter().enumerate() {
-        let (mean, max) = image_difference(image, &expected[i * per_image..(i + 1) * per_image]);
-        assert!(mean <= 0.1 && max <= 1, "{name} image {i}: mean {mean:.3}, max {max} levels");
-    }
+fn check(name: &str, latents: &Tensor, images: &[Vec<u8>]) {
+    let (expected_latents, expected_images) = (reference(&format!("gen_{name}_latents.npy")), reference(&format!("gen_{name}_images.npy")));
+    check_generation(name, latents, images, &expected_latents, &expected_images, 1e-4);
 }
 
 #[test]
 fn generation_with_guidance_matches_diffusers() {
     let (latents, images) = run_generation(Some(reference("gen_noise.npy")), 5, 3.0);
-    check_generation("cfg", &latents, &images);
+    check("cfg", &latents, &images);
 }
 
 #[test]
 fn generation_without_guidance_matches_diffusers() {
     let (latents, images) = run_generation(Some(reference("gen_noise.npy")), 5, 1.0);
-    check_generation("nocfg", &latents, &images);
+    check("nocfg", &latents, &images);
 }
 
 #[test]
 fn seeded_generation_matches_diffusers_with_per_image_generators() {
     let (latents, images) = run_generation(None, 4, 3.0);
-    check_generation("seed", &latents, &images);
+    check("seed", &latents, &images);
 }
 
 /// Half precision on the CPU: the models run in f16 (latents and sampler arithmetic stay f32),

@@ -15,6 +15,23 @@ reads the PNG paths the CLI prints on stdout (one per line, in image order) and 
   latents: max|rust - ref| / max|ref| <= 1e-3
   images:  mean |rust - ref| <= 1/255 per image (pixel values in [0, 1])
 Prints a table; exit status 1 if any check fails (2 if the CLI itself failed).
+
+Feature cases (written by tools/make_feature_fixtures.py into DIR/reference/features/params.json,
+key cli_cases.cases) run the same way plus their own flags, e.g.
+
+    --only fast,lcm2,lora06,control,control_nocfg,control_window,expr1,expr05,expr_control,sampler_euler-a
+
+  fast            --fast --seed 42                       (lcm_lora + lcm + 4 steps + guidance 1.0)
+  lcm2            --fast --steps 2 --seed 42
+  lora06          --lora reference/features/lora/kohya_diffusers.safetensors:0.6 --seed 42 (4 steps, g 3)
+  control*        --pose-image reference/features/control.png --controlnet-scale S
+                  [--control-start A --control-end B] --noise gen_noise.npy (control_seed: --seed 42)
+  expr*           --expression reference/features/expression.npy --expression-scale S --noise ...
+                  (expr_control adds the pose image, scale 1.0)
+  sampler_<name>[_<N>][_noise]   --scheduler <name> (dpmpp-2m, dpmpp-2m-karras, euler, euler-a, ddim,
+                  lcm) --seed 42, or --noise gen_noise.npy (euler-a / lcm also --seed 42 for the step noise)
+
+`--only features` runs every feature case. A case's reference files are the ones its params name.
 """
 
 import argparse
@@ -43,7 +60,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--fixture", required=True, help="fixture root (holds models/ and reference/)")
     ap.add_argument("--bin", required=True, help="path to the arc2face binary")
-    ap.add_argument("--only", default="cfg,nocfg,seed", help="comma-separated subset of cfg,nocfg,seed")
+    ap.add_argument("--only", default="cfg,nocfg,seed",
+                    help="comma-separated subset of cfg,nocfg,seed and the feature cases ('features': all of them)")
     ap.add_argument("--keep", action="store_true", help="keep the CLI outputs (printed paths)")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per CLI run")
     args = ap.parse_args()
@@ -53,25 +71,52 @@ def main():
     ref = os.path.join(root, "reference")
     with open(os.path.join(ref, "params.json")) as fh:
         params = json.load(fh)
+    feature_path = os.path.join(ref, "features", "params.json")
+    features = {}
+    if os.path.exists(feature_path):
+        with open(feature_path) as fh:
+            features = json.load(fh).get("cli_cases", {}).get("cases", {})
     binp = os.path.abspath(args.bin)
     if not os.path.exists(binp):
         sys.exit(f"binary not found: {binp}")
 
+    names = []
+    for n in [n.strip() for n in args.only.split(",") if n.strip()]:
+        names += list(features) if n == "features" else [n]
+    cases = {}
+    for name in names:
+        if name in params["generations"]:
+            g = dict(params["generations"][name])
+            g.update(latents=f"gen_{name}_latents.npy", images=f"gen_{name}_images.npy",
+                     noise=None if g.get("seed") is not None else "gen_noise.npy", flags=[], omit=[])
+        elif name in features:
+            g = features[name]
+        else:
+            known = sorted(params["generations"]) + sorted(features)
+            sys.exit(f"unknown case {name!r}" + ("" if features else f" ({feature_path} missing: run "
+                     "tools/make_feature_fixtures.py)") + "; known: " + ", ".join(known))
+        cases[name] = g
+
     rows = []
     cli_failed = False
-    for name in [n.strip() for n in args.only.split(",") if n.strip()]:
-        g = params["generations"][name]
+    for name in names:
+        g = cases[name]
         tmp = tempfile.mkdtemp(prefix=f"check_{name}_")
         lat_path = os.path.join(tmp, "lat.npy")
         cmd = [binp, "generate", "--models", models,
                "--embedding", os.path.join(ref, "id_embedding.npy")]
-        if g.get("seed") is None:
-            cmd += ["--noise", os.path.join(ref, "gen_noise.npy")]
-        else:
+        if g.get("noise") is not None:
+            cmd += ["--noise", os.path.join(ref, g["noise"].removeprefix("reference/"))]
+        if g.get("seed") is not None:
             cmd += ["--seed", str(g["seed"])]
-        cmd += ["--num-images", str(g["num_images"]), "--steps", str(g["steps"]),
-                "--guidance", repr(float(g["guidance"])), "--size", str(g["size"]),
-                "--out", tmp, "--latents-out", lat_path]
+        omit = set(g.get("omit", []))
+        cmd += ["--num-images", str(g["num_images"])]
+        if "--steps" not in omit:
+            cmd += ["--steps", str(g["steps"])]
+        if "--guidance" not in omit:
+            cmd += ["--guidance", repr(float(g["guidance"]))]
+        cmd += ["--size", str(g["size"]), "--out", tmp, "--latents-out", lat_path]
+        cmd += [f.replace("{ref}", ref).replace("{models}", models) for f in g.get("flags", [])]
         print("$", " ".join(cmd), flush=True)
         try:
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
@@ -91,8 +136,8 @@ def main():
             if line.lower().endswith(".png"):
                 path = line if os.path.isabs(line) else os.path.join(os.getcwd(), line)
                 pngs.append(path)
-        ref_lat = np.load(os.path.join(ref, f"gen_{name}_latents.npy")).astype(np.float64)
-        ref_img = np.load(os.path.join(ref, f"gen_{name}_images.npy"))
+        ref_lat = np.load(os.path.join(ref, g["latents"])).astype(np.float64)
+        ref_img = np.load(os.path.join(ref, g["images"]))
         notes = []
         lat_err = None
         if os.path.exists(lat_path):
@@ -127,15 +172,16 @@ def main():
             print(f"  outputs kept in {tmp}")
 
     print()
-    print(f"{'run':<6} {'steps':>5} {'guid':>5} {'seed':>5}  {'latent rel err':>14}  {'image MAE (x255)':>18}  {'max px':>6}  result")
-    print(f"{'':<6} {'':>5} {'':>5} {'':>5}  {'(tol 1e-3)':>14}  {'(tol 1.0)':>18}  {'':>6}")
+    w = max([6] + [len(n) for n in names])
+    print(f"{'run':<{w}} {'steps':>5} {'guid':>5} {'seed':>5}  {'latent rel err':>14}  {'image MAE (x255)':>18}  {'max px':>6}  result")
+    print(f"{'':<{w}} {'':>5} {'':>5} {'':>5}  {'(tol 1e-3)':>14}  {'(tol 1.0)':>18}  {'':>6}")
     failed = False
     for name, lat_err, maes, mx, res in rows:
-        g = params["generations"][name]
+        g = cases[name]
         le = "-" if lat_err is None else f"{lat_err:.3e}"
         im = "-" if not maes else ", ".join(f"{m * 255:.3f}" for m in maes)
         mxs = "-" if mx is None else str(mx)
-        print(f"{name:<6} {g['steps']:>5} {g['guidance']:>5} {str(g.get('seed') or '-'):>5}  {le:>14}  {im:>18}  {mxs:>6}  {res}")
+        print(f"{name:<{w}} {g['steps']:>5} {g['guidance']:>5} {str(g.get('seed') or '-'):>5}  {le:>14}  {im:>18}  {mxs:>6}  {res}")
         failed |= not res.startswith("ok")
     if cli_failed:
         sys.exit(2)

@@ -5,7 +5,7 @@ pub mod attention;
 pub mod id_encoder;
 pub mod noise;
 pub mod preview;
-pub mod scheduler;
+pub mod schedulers;
 pub mod unet;
 pub mod unet_blocks;
 pub mod vae;

@@ -11,8 +11,8 @@ use candle_core::{DType, Tensor};
 use image::RgbImage;
 
 use crate::diffusion::id_encoder::{IdEncoder, IdEncoderConfig};
-use crate::diffusion::noise;
-use crate::diffusion::scheduler::{DpmSolverMultistep, SchedulerConfig};
+use crate::diffusion::noise::{self, TorchGenerator};
+use crate::diffusion::schedulers::{NoiseSchedule, Scheduler, SchedulerConfig};
 use crate::diffusion::unet::{Conditioning, UNet, UNetConfig};
 use crate::diffusion::vae::{self, Vae, VaeConfig};
 use crate::models::{self, ModelError, ModelFile, ModelsDir, first_line};
@@ -143,7 +143,7 @@ pub struct Arc2FacePipeline {
     unet_config: UNetConfig,
     vae: Vae,
     vae_config: VaeConfig,
-    training_sigmas: Vec<f64>,
+    schedule: NoiseSchedule,
     runtime: Runtime,
     /// Every file read, in the order it was read.
     files: Vec<LoadedFile>,
@@ -163,8 +163,8 @@ impl Arc2FacePipeline {
         };
 
         let scheduler_config: SchedulerConfig = models::read_json(&read(models::SCHEDULER_CONFIG)?)?;
-        let training_sigmas =
-            scheduler_config.training_sigmas().map_err(|e| ModelError::invalid(&models.path(models::SCHEDULER_CONFIG), e))?;
+        let schedule =
+            NoiseSchedule::from_config(&scheduler_config).map_err(|e| ModelError::invalid(&models.path(models::SCHEDULER_CONFIG), e))?;
 
         let encoder_config: IdEncoderConfig = models::read_json(&read(models::ENCODER_CONFIG)?)?;
         let encoder_path = read(models::ENCODER_WEIGHTS)?;
@@ -208,7 +208,7 @@ impl Arc2FacePipeline {
             .and_then(|vb| Vae::new(vb, &vae_config))
             .map_err(|e| ModelError::invalid(&vae_path, e))?;
 
-        Ok(Self { encoder, unconditional, unet, unet_config, vae, vae_config, training_sigmas, runtime: runtime.clone(), files })
+        Ok(Self { encoder, unconditional, unet, unet_config, vae, vae_config, schedule, runtime: runtime.clone(), files })
     }
 
     pub fn runtime(&self) -> &Runtime {
@@ -263,9 +263,9 @@ impl Arc2FacePipeline {
             return input("the identity vector is zero or not finite".into());
         }
         let spec = &job.spec;
-        let max_steps = self.training_sigmas.len();
+        let max_steps = spec.sampler.max_steps(self.schedule.train_timesteps());
         if spec.steps == 0 || spec.steps > max_steps {
-            return input(format!("steps must be between 1 and {max_steps}, got {}", spec.steps));
+            return input(format!("steps must be between 1 and {max_steps} for {}, got {}", spec.sampler.label(), spec.steps));
         }
         if !spec.guidance.is_finite() || !(0.0..=50.0).contains(&spec.guidance) {
             return input(format!("guidance must be a number from 0 to 50, got {}", spec.guidance));
@@ -279,7 +279,14 @@ impl Arc2FacePipeline {
             return input(format!("the number of images must be between 1 and {MAX_IMAGES}, got {}", spec.num_images));
         }
         match (&job.initial_latents, spec.seed) {
-            (Some(latents), None) => {
+            (Some(_), None) if spec.sampler.draws_noise() => {
+                return input(format!(
+                    "{} adds noise at each step: with given latents it needs a seed for that noise",
+                    spec.sampler.label()
+                ));
+            }
+            // With given latents a seed only feeds the noise a sampler adds at each step.
+            (Some(latents), _) => {
                 let (_, c, h, w) = self.latent_shape(size);
                 let expected = (spec.num_images, c, h, w);
                 if latents.dims4().ok() != Some(expected) {
@@ -300,7 +307,6 @@ impl Arc2FacePipeline {
                     return input(format!("{size} px is too small for seeded noise"));
                 }
             }
-            (Some(_), Some(_)) => return input("a job starts either from a seed or from given latents, not both".into()),
             (None, None) => return input("a job needs a seed or initial latents".into()),
         }
         Ok(())
@@ -319,12 +325,15 @@ impl Arc2FacePipeline {
         let context = self.prompt_embeddings(&job.identity, job.spec.guidance)?;
         for index in 0..job.spec.num_images {
             let spec = GenerationSpec { size: Some(size), ..job.spec.image(index) };
-            let initial = match (&job.initial_latents, spec.seed) {
+            // Image i's own generator: it draws the initial latents (unless they are given),
+            // then any noise the sampler adds, continuing its stream as torch's does.
+            let mut generator = spec.seed.map(TorchGenerator::new);
+            let initial = match (&job.initial_latents, &mut generator) {
                 (Some(latents), _) => latents.narrow(0, index, 1)?.to_dtype(DType::F32)?.to_device(&self.runtime.device)?,
-                (None, Some(seed)) => self.seeded_latents(seed, size)?,
-                (None, None) => unreachable!("checked above"),
+                (None, Some(generator)) => generator.randn_tensor(self.latent_shape(size), &self.runtime.device)?,
+                (None, None) => return Err(EngineError::Input("a job needs a seed or initial latents".into())),
             };
-            let Some(latents) = self.denoise(&context, initial, index, &spec, on_step)? else {
+            let Some(latents) = self.denoise(&context, initial, index, &spec, generator.as_mut(), on_step)? else {
                 return Ok(JobOutcome::Cancelled);
             };
             let image = self.decode(&latents)?.remove(0);
@@ -361,38 +370,34 @@ impl Arc2FacePipeline {
         Ok(context.to_dtype(self.runtime.dtype)?)
     }
 
-    /// torch-compatible seeded noise for one image, made on the host.
-    fn seeded_latents(&self, seed: u64, size: usize) -> Result<Tensor, EngineError> {
-        let shape = self.latent_shape(size);
-        let n = shape.0 * shape.1 * shape.2 * shape.3;
-        Ok(Tensor::from_vec(noise::torch_randn(seed, n), shape, &self.runtime.device)?)
-    }
-
-    /// Denoises one image's latents `(1, C, h, w)`; `None` when the callback cancelled.
+    /// Denoises one image's standard-normal latents `(1, C, h, w)`; `None` when the callback
+    /// cancelled.
     fn denoise(
         &self,
         context: &Tensor,
-        mut latents: Tensor,
+        latents: Tensor,
         image_index: usize,
         spec: &GenerationSpec,
+        mut generator: Option<&mut TorchGenerator>,
         on_step: &mut dyn FnMut(&StepProgress) -> Flow,
     ) -> Result<Option<Tensor>, EngineError> {
         let guided = context.dim(0)? == 2;
         let dtype = self.runtime.dtype;
-        let mut scheduler = DpmSolverMultistep::new(&self.training_sigmas, spec.steps);
+        let mut scheduler = Scheduler::new(spec.sampler, &self.schedule, spec.steps);
         let timesteps = scheduler.timesteps().to_vec();
+        let mut latents = (latents * scheduler.init_noise_sigma())?;
         let conditioning = Conditioning { context };
         for (i, &timestep) in timesteps.iter().enumerate() {
-            let model_input = latents.to_dtype(dtype)?;
+            let model_input = scheduler.scale_model_input(&latents, i)?.to_dtype(dtype)?;
             let model_input = if guided { Tensor::cat(&[&model_input, &model_input], 0)? } else { model_input };
-            let eps = self.unet.forward(&model_input, timestep as f64, &conditioning)?.to_dtype(DType::F32)?;
+            let eps = self.unet.forward(&model_input, timestep, &conditioning)?.to_dtype(DType::F32)?;
             let eps = if guided {
                 let (unconditional, conditional) = (eps.get(0)?, eps.get(1)?);
                 (&unconditional + ((conditional - &unconditional)? * spec.guidance)?)?.unsqueeze(0)?
             } else {
                 eps
             };
-            let step = scheduler.step(&eps, &latents)?;
+            let step = scheduler.step(&eps, &latents, generator.as_deref_mut())?;
             latents = step.prev_sample;
             let progress =
                 StepProgress { image_index, step: i + 1, steps: timesteps.len(), latents: &latents, predicted_x0: &step.predicted_x0 };

@@ -12,6 +12,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::runtime::RuntimeSpec;
+use crate::diffusion::schedulers::Sampler;
 
 /// The version of [`ImageMetadata`]'s layout; version 1 (app 0.1.0) was flat, without `spec`.
 pub const METADATA_FORMAT: u32 = 2;
@@ -31,6 +32,7 @@ pub struct GenerationSpec {
     pub guidance: f64,
     /// Image side in pixels; `None` is the size the model was trained at (512 for Arc2Face).
     pub size: Option<usize>,
+    pub sampler: Sampler,
     /// Where the job runs and in which precision. Recorded with each image; restoring an image
     /// never changes it (see [`GenerationSpec::restored`]).
     pub runtime: RuntimeSpec,
@@ -45,6 +47,7 @@ impl Default for GenerationSpec {
             steps: 25,
             guidance: 3.0,
             size: None,
+            sampler: Sampler::default(),
             runtime: RuntimeSpec::default(),
         }
     }

@@ -31,8 +31,15 @@ pub fn parameters_text(metadata: &ImageMetadata) -> String {
     let spec = &metadata.spec;
     let seed = spec.seed.map_or_else(|| "given noise".to_string(), |s| s.to_string());
     format!(
-        "Arc2Face identity portrait\nSteps: {}, Sampler: DPM++ 2M, CFG scale: {}, Seed: {}, Size: {}x{}, Model: arc2face, Version: {} {}",
-        spec.steps, spec.guidance, seed, metadata.width, metadata.height, metadata.app, metadata.app_version
+        "Arc2Face identity portrait\nSteps: {}, Sampler: {}, CFG scale: {}, Seed: {}, Size: {}x{}, Model: arc2face, Version: {} {}",
+        spec.steps,
+        spec.sampler.label(),
+        spec.guidance,
+        seed,
+        metadata.width,
+        metadata.height,
+        metadata.app,
+        metadata.app_version
     )
 }
 

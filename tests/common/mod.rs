@@ -22,6 +22,61 @@ pub fn reference(name: &str) -> Tensor {
     Tensor::read_npy(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// A reference output of `tools/make_feature_fixtures.py` (tests/fixtures/tiny/reference/features).
+pub fn feature_reference(name: &str) -> Tensor {
+    reference(&format!("features/{name}"))
+}
+
+/// `tests/fixtures/tiny/reference/features/params.json`: how each feature reference was made.
+pub fn feature_params() -> serde_json::Value {
+    let path = fixture().join("reference/features/params.json");
+    serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+}
+
+/// The tiny fixture's noise schedule (SD1.5's scheduler config).
+pub fn noise_schedule() -> arc2face_studio::diffusion::schedulers::NoiseSchedule {
+    use arc2face_studio::diffusion::schedulers::{NoiseSchedule, SchedulerConfig};
+    let config: SchedulerConfig = arc2face_studio::models::read_json(&models_dir().join("scheduler/scheduler_config.json")).unwrap();
+    NoiseSchedule::from_config(&config).unwrap()
+}
+
+/// Runs `spec` on the tiny models (on the CPU, in `dtype`) with the reference identity: the
+/// final latents of every image, and the images' pixels.
+pub fn generate(dtype: DType, spec: arc2face_studio::engine::GenerationSpec, initial_latents: Option<Tensor>) -> (Tensor, Vec<Vec<u8>>) {
+    use arc2face_studio::engine::{Arc2FacePipeline, Flow, Job, Runtime};
+    let runtime = Runtime { device: candle_core::Device::Cpu, dtype };
+    let pipeline = Arc2FacePipeline::load(&arc2face_studio::models::ModelsDir::new(models_dir()), &runtime).unwrap();
+    let job = Job { spec, identity: reference("id_embedding.npy").to_vec1().unwrap(), initial_latents };
+    let (mut latents, mut images) = (Vec::new(), Vec::new());
+    pipeline
+        .run(&job, &mut |_| Flow::Continue, &mut |generated| {
+            latents.push(generated.latents);
+            images.push(generated.image.into_raw());
+            Ok(())
+        })
+        .unwrap();
+    (Tensor::cat(&latents, 0).unwrap(), images)
+}
+
+/// Checks a generation against a reference's latents (relative max error ≤ `tolerance`) and
+/// 8-bit images (mean ≤ 0.1, max ≤ 1 level: a rounding apart).
+pub fn check_generation(
+    what: &str,
+    latents: &Tensor,
+    images: &[Vec<u8>],
+    expected_latents: &Tensor,
+    expected_images: &Tensor,
+    tolerance: f32,
+) {
+    assert_close(&format!("{what} latents"), latents, expected_latents, tolerance);
+    let expected: Vec<u8> = expected_images.flatten_all().unwrap().to_vec1().unwrap();
+    let per_image = expected.len() / images.len();
+    for (i, image) in images.iter().enumerate() {
+        let (mean, max) = image_difference(image, &expected[i * per_image..(i + 1) * per_image]);
+        assert!(mean <= 0.1 && max <= 1, "{what} image {i}: mean {mean:.3}, max {max} levels");
+    }
+}
+
 pub fn to_f32_vec(t: &Tensor) -> Vec<f32> {
     t.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap()
 }
