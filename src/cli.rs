@@ -13,8 +13,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::diffusion::schedulers::Sampler;
 use crate::engine::{
-    Arc2FacePipeline, DeviceChoice, EngineError, FaceRef, Flow, GeneratedImage, GenerationSpec, IdentitySource, Job, JobOutcome, Precision,
-    RuntimeSpec, StepProgress,
+    Arc2FacePipeline, DeviceChoice, EngineError, FaceRef, Flow, GeneratedImage, GenerationSpec, IdentitySource, Job, JobOutcome, LoraSpec,
+    Precision, RuntimeSpec, StepProgress,
 };
 use crate::face::{self, FaceAnalyzer};
 use crate::gallery::metadata;
@@ -148,6 +148,14 @@ pub struct SettingsArgs {
     /// The sampler [default: dpmpp-2m].
     #[arg(long, value_enum)]
     pub scheduler: Option<Sampler>,
+    /// A LoRA for the UNet (kohya, diffusers or PEFT safetensors) and its scale [default 1.0];
+    /// repeat it for several.
+    #[arg(long, value_name = "FILE[:SCALE]", value_parser = parse_lora)]
+    pub lora: Vec<LoraSpec>,
+    /// Fast mode: the models folder's LCM-LoRA, the lcm sampler, 4 steps, guidance 1.0; flags
+    /// given with it still win.
+    #[arg(long)]
+    pub fast: bool,
     /// auto, cpu, cuda or cuda:N [default: auto: CUDA when this build has it and a GPU answers].
     #[arg(long, value_parser = DeviceChoice::parse)]
     pub device: Option<DeviceChoice>,
@@ -159,7 +167,14 @@ pub struct SettingsArgs {
 impl SettingsArgs {
     /// Writes every flag given into `spec`.
     pub fn apply(&self, spec: &mut GenerationSpec) {
-        let Self { num_images, steps, guidance, seed, size, scheduler, device, dtype } = self;
+        let Self { num_images, steps, guidance, seed, size, scheduler, lora, fast, device, dtype } = self;
+        if *fast {
+            *spec = spec.in_fast_mode();
+        }
+        if !lora.is_empty() {
+            spec.loras.retain(|l| *fast && l.file == models::LCM_LORA.relative_path);
+            spec.loras.extend(lora.iter().cloned());
+        }
         if let Some(n) = num_images {
             spec.num_images = *n;
         }
@@ -228,7 +243,7 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
 
     let started = Instant::now();
     let runtime = spec.runtime.resolve()?;
-    let pipeline = Arc2FacePipeline::load(&models, &runtime)?;
+    let mut pipeline = Arc2FacePipeline::load(&models, &runtime)?;
     eprintln!("loaded models from {} in {:.1}s ({})", args.models.display(), started.elapsed().as_secs_f64(), runtime.describe());
     // Given latents are for the size they are, once the VAE's scale factor is known.
     if let (Some(latents), None) = (&initial_latents, args.settings.size) {
@@ -275,6 +290,23 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     }
     eprintln!("finished in {:.1}s", started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// `FILE[:SCALE]`: the file made absolute (the spec outlives the working folder), scale 1.0
+/// unless given.
+fn parse_lora(text: &str) -> Result<LoraSpec, String> {
+    let (file, scale) = match text.rsplit_once(':').map(|(f, s)| (f, s.parse::<f64>())) {
+        Some((file, Ok(scale))) => (file, scale),
+        _ => (text, 1.0),
+    };
+    if !scale.is_finite() {
+        return Err(format!("{text}: the scale must be a finite number"));
+    }
+    let path = std::path::absolute(file).map_err(|e| format!("{file}: {e}"))?;
+    if !path.is_file() {
+        return Err(format!("{}: no such LoRA file", path.display()));
+    }
+    Ok(LoraSpec { file: path.to_string_lossy().into_owned(), scale })
 }
 
 /// Set once the user presses Ctrl+C (or the process gets SIGINT/SIGTERM): the run then stops

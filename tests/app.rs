@@ -173,6 +173,46 @@ fn snapshot_of_a_group_photo_picked_from_the_face_strip() {
     harness.snapshot("group_photo_face_strip");
 }
 
+/// Fast mode switches sampler, LoRA, steps and guidance together, and back to what they were;
+/// a dropped LoRA file joins the list; the job carries all of it.
+#[test]
+fn fast_mode_and_loras_go_into_the_job() {
+    use arc2face_studio::diffusion::schedulers::Sampler;
+    let dir = tempfile::tempdir().unwrap();
+    let mut harness = harness(common::generation_and_face_models(dir.path()), dir.path().join("gallery"));
+    {
+        let spec = &mut harness.state_mut().state.settings.spec;
+        (spec.steps, spec.guidance, spec.sampler) = (30, 4.5, Sampler::Euler);
+    }
+    harness.get_by_label("Fast").click();
+    harness.run();
+    let spec = harness.state().state.settings.spec.clone();
+    assert!(spec.is_fast() && (spec.steps, spec.guidance, spec.sampler) == (4, 1.0, Sampler::Lcm), "{spec:?}");
+
+    let lora = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny/reference/features/lora/peft.safetensors");
+    drop_photo(&mut harness, lora.clone());
+    assert_eq!(harness.state().state.settings.spec.loras.len(), 2, "the LCM-LoRA and the dropped one");
+
+    drop_photo(&mut harness, photo("astronaut.jpg"));
+    run_until(&mut harness, "faces", |app| app.state.photo.is_some());
+    harness.get_by_label("Generate").click();
+    harness.step();
+    let request = harness.state().state.running.as_ref().map(|r| r.request.clone()).expect("a job runs");
+    assert_eq!(request.spec.sampler, Sampler::Lcm);
+    assert_eq!(
+        request.spec.loras.iter().map(|l| l.file.as_str()).collect::<Vec<_>>(),
+        ["lcm_lora/pytorch_lora_weights.safetensors", lora.to_str().unwrap()]
+    );
+    run_until(&mut harness, "the job", |app| app.state.running.is_none());
+    assert!(notices(harness.state()).is_empty(), "{:?}", notices(harness.state()));
+
+    harness.get_by_label("Fast").click();
+    harness.run();
+    let spec = &harness.state().state.settings.spec;
+    assert_eq!((spec.steps, spec.guidance, spec.sampler), (30, 4.5, Sampler::Euler), "back to what it was");
+    assert_eq!(spec.loras.len(), 1, "the dropped LoRA stays");
+}
+
 /// The embedding and index of the face selected on the photo shown.
 fn selected_face(harness: &Harness<'_, StudioApp>) -> (Vec<f32>, usize) {
     let photo = harness.state().state.photo.as_ref().expect("a photo is shown");
@@ -268,13 +308,13 @@ fn the_models_window_downloads_what_is_missing_shows_failures_and_retries() {
     harness.run();
     assert!(harness.query_by_label("arcface.onnx").is_some(), "the window lists every file");
     assert_eq!(harness.query_all_by_label_contains("non-commercial research only").count(), 2, "licences are shown");
-    harness.get_by_label("Download (12)").click();
+    harness.get_by_label("Download (13)").click();
     harness.step();
     run_until(&mut harness, "the downloads", |app| app.state.models.task.is_none());
 
     let models = &harness.state().state.models;
     let present = models.statuses.iter().filter(|s| matches!(s.state, FileState::Present { .. })).count();
-    assert_eq!(present, 11);
+    assert_eq!(present, 12);
     assert!(models.transfers[missing_on_the_hub.relative_path].failed);
     assert_eq!(harness.query_all_by_label_contains("not found (404)").count(), 1);
     assert_eq!(harness.state().state.models.missing_required(), [missing_on_the_hub]);

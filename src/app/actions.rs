@@ -49,6 +49,8 @@ pub enum JobAction {
     MoveQueuedDown(u64),
     UseSeedOf(u64),
     NewSeed,
+    AddLora(PathBuf),
+    BrowseLora,
 }
 
 #[derive(Debug, Clone)]
@@ -217,6 +219,17 @@ impl StudioApp {
                 }
             }
             JobAction::NewSeed => state.settings.spec.seed = Some(crate::engine::random_seed()),
+            JobAction::AddLora(path) => {
+                let file = path.to_string_lossy().into_owned();
+                if !state.settings.spec.loras.iter().any(|l| l.file == file) {
+                    state.settings.spec.loras.push(crate::engine::LoraSpec { file, scale: 1.0 });
+                }
+            }
+            JobAction::BrowseLora => {
+                if let Some(path) = rfd::FileDialog::new().add_filter("LoRA", &["safetensors"]).pick_file() {
+                    self.apply_job(JobAction::AddLora(path));
+                }
+            }
         }
     }
 

@@ -396,8 +396,10 @@ impl StudioApp {
                 .is_some_and(|e| e.eq_ignore_ascii_case("png"))
                 .then(|| metadata::read_metadata(&path).ok().flatten())
                 .flatten();
+            let is_lora = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
             match made_here {
                 Some(metadata) => self.apply(PhotoAction::RestoreFrom { path, metadata: Box::new(metadata) }),
+                None if is_lora => self.apply(JobAction::AddLora(path)),
                 None => self.apply(PhotoAction::Open(path)),
             }
         }

@@ -146,6 +146,11 @@ impl ModelsState {
         self.runtime = Some(crate::face::runtime::find_library().ok_or_else(crate::face::runtime::not_found_message));
     }
 
+    /// Whether `file` is known to be missing (or wrong) in the models folder.
+    pub fn is_missing(&self, file: ModelFile) -> bool {
+        self.statuses.iter().any(|s| s.file == file && !matches!(s.state, FileState::Present { .. }))
+    }
+
     /// Files the app cannot generate from a photo without.
     pub fn missing_required(&self) -> Vec<ModelFile> {
         self.statuses

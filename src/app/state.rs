@@ -24,6 +24,8 @@ pub struct Settings {
     pub seed_locked: bool,
     pub models_dir: Option<PathBuf>,
     pub recent_photos: Vec<PathBuf>,
+    /// What fast mode replaced, restored when it is switched off.
+    pub before_fast: Option<GenerationSpec>,
 }
 
 impl Default for Settings {
@@ -33,6 +35,23 @@ impl Default for Settings {
             seed_locked: false,
             models_dir: None,
             recent_photos: Vec::new(),
+            before_fast: None,
+        }
+    }
+}
+
+impl Settings {
+    /// Switches fast mode on (sampler, LCM-LoRA, steps and guidance together) or off (back to
+    /// what they were, keeping every other change).
+    pub fn set_fast(&mut self, on: bool) {
+        if on {
+            self.before_fast = Some(self.spec.clone());
+            self.spec = self.spec.in_fast_mode();
+        } else {
+            let before = self.before_fast.take().unwrap_or_default();
+            let lcm = crate::models::LCM_LORA.relative_path;
+            self.spec.loras.retain(|l| l.file != lcm);
+            self.spec = GenerationSpec { sampler: before.sampler, steps: before.steps, guidance: before.guidance, ..self.spec.clone() };
         }
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod attention;
 pub mod id_encoder;
+pub mod lora;
 pub mod noise;
 pub mod preview;
 pub mod schedulers;

@@ -11,13 +11,15 @@ use candle_core::{DType, Tensor};
 use image::RgbImage;
 
 use crate::diffusion::id_encoder::{IdEncoder, IdEncoderConfig};
+use crate::diffusion::lora::{LoraDeltas, UNetLayout};
 use crate::diffusion::noise::{self, TorchGenerator};
 use crate::diffusion::schedulers::{NoiseSchedule, Scheduler, SchedulerConfig};
 use crate::diffusion::unet::{Conditioning, UNet, UNetConfig};
 use crate::diffusion::vae::{self, Vae, VaeConfig};
+use crate::models::weights::{SafetensorsFile, Weights};
 use crate::models::{self, ModelError, ModelFile, ModelsDir, first_line};
 pub use runtime::{DeviceChoice, Precision, Runtime, RuntimeSpec};
-pub use spec::{FaceRef, GenerationSpec, IdentitySource, ImageMetadata, LoadedFile};
+pub use spec::{FaceRef, GenerationSpec, IdentitySource, ImageMetadata, LoadedFile, LoraSpec};
 
 /// The largest image side we accept: attention memory grows with the fourth power of the side.
 pub const MAX_SIZE: usize = 1024;
@@ -139,13 +141,17 @@ pub struct Arc2FacePipeline {
     encoder: IdEncoder,
     /// The empty prompt's embedding; it never changes for a loaded encoder.
     unconditional: Tensor,
-    unet: UNet,
+    /// `None` only when building it again (for other LoRAs) failed; the next job tries again.
+    unet: Option<UNet>,
     unet_config: UNetConfig,
+    /// The LoRAs merged into `unet`.
+    unet_loras: Vec<LoraSpec>,
     vae: Vae,
     vae_config: VaeConfig,
     schedule: NoiseSchedule,
     runtime: Runtime,
-    /// Every file read, in the order it was read.
+    models: ModelsDir,
+    /// Every file read for the models in memory, in the order it was read.
     files: Vec<LoadedFile>,
 }
 
@@ -186,9 +192,7 @@ impl Arc2FacePipeline {
             .into());
         }
         let unet_path = read(models::UNET_WEIGHTS)?;
-        let unet = models::load_safetensors(&unet_path, dtype, device)
-            .and_then(|vb| UNet::new(vb, &unet_config))
-            .map_err(|e| ModelError::invalid(&unet_path, e))?;
+        let unet = load_unet(&unet_path, &unet_config, LoraDeltas::default(), runtime)?;
 
         let vae_config: VaeConfig = models::read_json(&read(models::VAE_CONFIG)?)?;
         if vae_config.latent_channels != unet_config.in_channels() || unet_config.in_channels() != unet_config.out_channels {
@@ -204,11 +208,72 @@ impl Arc2FacePipeline {
             .into());
         }
         let vae_path = read(models::VAE_WEIGHTS)?;
-        let vae = models::load_safetensors(&vae_path, dtype, device)
-            .and_then(|vb| Vae::new(vb, &vae_config))
-            .map_err(|e| ModelError::invalid(&vae_path, e))?;
+        let vae =
+            Vae::new(models::load_safetensors(&vae_path, dtype, device)?, &vae_config).map_err(|e| ModelError::invalid(&vae_path, e))?;
 
-        Ok(Self { encoder, unconditional, unet, unet_config, vae, vae_config, schedule, runtime: runtime.clone(), files })
+        Ok(Self {
+            encoder,
+            unconditional,
+            unet: Some(unet),
+            unet_config,
+            unet_loras: Vec::new(),
+            vae,
+            vae_config,
+            schedule,
+            runtime: runtime.clone(),
+            models: models.clone(),
+            files,
+        })
+    }
+
+    /// Makes the models in memory those `spec` needs: the UNet is built again, from its file,
+    /// when the job asks for other LoRAs (or scales) than the ones merged into it.
+    pub fn prepare(&mut self, spec: &GenerationSpec) -> Result<(), EngineError> {
+        if spec.loras == self.unet_loras && self.unet.is_some() {
+            return Ok(());
+        }
+        let mut deltas = LoraDeltas::default();
+        let unet_path = self.models.existing(models::UNET_WEIGHTS)?;
+        let header = SafetensorsFile::open(&unet_path).map_err(|e| ModelError::invalid(&unet_path, e))?;
+        let layout = UNetLayout::new(header.names().filter_map(|name| Some((name, header.shape(name)?))), &self.unet_config);
+        let mut lora_files = Vec::new();
+        for lora in &spec.loras {
+            let path = self.lora_path(lora)?;
+            let file = SafetensorsFile::open(&path).map_err(|e| ModelError::invalid(&path, e))?;
+            let tensors = file.read_all().map_err(|e| ModelError::invalid(&path, e))?;
+            deltas
+                .add(&tensors, file.metadata(), lora.scale, &layout)
+                .map_err(|e| ModelError::invalid(&path, format!("not a LoRA for this UNet: {e}")))?;
+            lora_files.push(LoadedFile { path: lora.file.clone(), bytes: std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) });
+        }
+        // The old UNet goes first, so that two are never in memory at once.
+        let old_loras = std::mem::take(&mut self.unet_loras);
+        self.files.retain(|f| !old_loras.iter().any(|l| l.file == f.path));
+        self.unet = None;
+        self.unet = Some(load_unet(&unet_path, &self.unet_config, deltas, &self.runtime)?);
+        self.unet_loras = spec.loras.clone();
+        self.files.extend(lora_files);
+        Ok(())
+    }
+
+    /// Where a LoRA file is: relative paths are in the models folder (a missing one there is
+    /// named with what it is for).
+    fn lora_path(&self, lora: &LoraSpec) -> Result<std::path::PathBuf, ModelError> {
+        let path = std::path::Path::new(&lora.file);
+        if path.is_absolute() {
+            return if path.is_file() {
+                Ok(path.to_path_buf())
+            } else {
+                Err(ModelError::Missing { path: path.to_path_buf(), what: "a LoRA file the job asks for" })
+            };
+        }
+        match models::ALL_FILES.into_iter().find(|f| f.relative_path == lora.file) {
+            Some(file) => self.models.existing(file),
+            None => {
+                let path = self.models.root().join(path);
+                if path.is_file() { Ok(path) } else { Err(ModelError::Missing { path, what: "a LoRA file the job asks for" }) }
+            }
+        }
     }
 
     pub fn runtime(&self) -> &Runtime {
@@ -314,13 +379,15 @@ impl Arc2FacePipeline {
 
     /// Runs a job: each image in turn, calling `on_step` after every denoising step and
     /// `on_image` when an image is finished. Stops before the next step when `on_step` says so.
+    /// Loads what the job needs that is not in memory yet ([`Arc2FacePipeline::prepare`]).
     pub fn run(
-        &self,
+        &mut self,
         job: &Job,
         on_step: &mut dyn FnMut(&StepProgress) -> Flow,
         on_image: &mut dyn FnMut(GeneratedImage) -> Result<(), EngineError>,
     ) -> Result<JobOutcome, EngineError> {
         self.check(job)?;
+        self.prepare(&job.spec)?;
         let size = self.size_of(&job.spec);
         let context = self.prompt_embeddings(&job.identity, job.spec.guidance)?;
         for index in 0..job.spec.num_images {
@@ -383,6 +450,9 @@ impl Arc2FacePipeline {
     ) -> Result<Option<Tensor>, EngineError> {
         let guided = context.dim(0)? == 2;
         let dtype = self.runtime.dtype;
+        let Some(unet) = &self.unet else {
+            return Err(EngineError::Compute("the UNet is not loaded".into()));
+        };
         let mut scheduler = Scheduler::new(spec.sampler, &self.schedule, spec.steps);
         let timesteps = scheduler.timesteps().to_vec();
         let mut latents = (latents * scheduler.init_noise_sigma())?;
@@ -390,7 +460,7 @@ impl Arc2FacePipeline {
         for (i, &timestep) in timesteps.iter().enumerate() {
             let model_input = scheduler.scale_model_input(&latents, i)?.to_dtype(dtype)?;
             let model_input = if guided { Tensor::cat(&[&model_input, &model_input], 0)? } else { model_input };
-            let eps = self.unet.forward(&model_input, timestep, &conditioning)?.to_dtype(DType::F32)?;
+            let eps = unet.forward(&model_input, timestep, &conditioning)?.to_dtype(DType::F32)?;
             let eps = if guided {
                 let (unconditional, conditional) = (eps.get(0)?, eps.get(1)?);
                 (&unconditional + ((conditional - &unconditional)? * spec.guidance)?)?.unsqueeze(0)?
@@ -413,4 +483,12 @@ impl Arc2FacePipeline {
         let decoded = self.vae.decode(&latents.to_dtype(self.runtime.dtype)?)?;
         Ok(vae::to_rgb_images(&decoded)?)
     }
+}
+
+/// The UNet from its weights file, with `deltas` merged in f32 as the weights are read.
+fn load_unet(path: &std::path::Path, config: &UNetConfig, deltas: LoraDeltas, runtime: &Runtime) -> Result<UNet, EngineError> {
+    let file = SafetensorsFile::open(path).map_err(|e| ModelError::invalid(path, e))?;
+    let deltas = if deltas.is_empty() { None } else { Some(std::sync::Arc::new(deltas)) };
+    let vb = Weights::new(file, deltas).into_var_builder(runtime.dtype, &runtime.device);
+    Ok(UNet::new(vb, config).map_err(|e| ModelError::invalid(path, e))?)
 }

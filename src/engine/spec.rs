@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::runtime::RuntimeSpec;
 use crate::diffusion::schedulers::Sampler;
+use crate::models;
 
 /// The version of [`ImageMetadata`]'s layout; version 1 (app 0.1.0) was flat, without `spec`.
 pub const METADATA_FORMAT: u32 = 2;
@@ -33,6 +34,8 @@ pub struct GenerationSpec {
     /// Image side in pixels; `None` is the size the model was trained at (512 for Arc2Face).
     pub size: Option<usize>,
     pub sampler: Sampler,
+    /// LoRAs merged into the UNet, in order.
+    pub loras: Vec<LoraSpec>,
     /// Where the job runs and in which precision. Recorded with each image; restoring an image
     /// never changes it (see [`GenerationSpec::restored`]).
     pub runtime: RuntimeSpec,
@@ -48,6 +51,7 @@ impl Default for GenerationSpec {
             guidance: 3.0,
             size: None,
             sampler: Sampler::default(),
+            loras: Vec::new(),
             runtime: RuntimeSpec::default(),
         }
     }
@@ -58,6 +62,19 @@ impl GenerationSpec {
     /// image's metadata holds this, so that restoring it makes that very image again.
     pub fn image(&self, index: usize) -> GenerationSpec {
         GenerationSpec { num_images: 1, seed: self.seed.map(|seed| seed.wrapping_add(index as u64)), ..self.clone() }
+    }
+
+    /// Fast mode: the models folder's LCM-LoRA, the LCM sampler, 4 steps and no guidance (LCM
+    /// oversaturates with even a little of it); other LoRAs stay.
+    pub fn in_fast_mode(&self) -> GenerationSpec {
+        let lcm = LoraSpec { file: models::LCM_LORA.relative_path.into(), scale: 1.0 };
+        let loras = std::iter::once(lcm).chain(self.loras.iter().filter(|l| l.file != models::LCM_LORA.relative_path).cloned()).collect();
+        GenerationSpec { sampler: Sampler::Lcm, steps: 4, guidance: 1.0, loras, ..self.clone() }
+    }
+
+    /// Whether the spec is in fast mode (the LCM sampler with the LCM-LoRA).
+    pub fn is_fast(&self) -> bool {
+        self.sampler == Sampler::Lcm && self.loras.iter().any(|l| l.file == models::LCM_LORA.relative_path)
     }
 
     /// This spec restored from an image's metadata, keeping `runtime` (where this machine runs
@@ -99,6 +116,14 @@ pub struct ImageMetadata {
 pub struct LoadedFile {
     pub path: String,
     pub bytes: u64,
+}
+
+/// A LoRA file and the scale it is merged at.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraSpec {
+    /// A path relative to the models folder (the LCM-LoRA of fast mode), or absolute.
+    pub file: String,
+    pub scale: f64,
 }
 
 /// Where a job's identity came from.

@@ -8,6 +8,7 @@ pub mod download;
 pub mod hub;
 pub mod onnx;
 pub mod onnxruntime;
+pub mod weights;
 
 use std::path::{Path, PathBuf};
 
@@ -76,6 +77,7 @@ pub enum Feature {
     FaceAnalysis,
     PoseControl,
     ExpressionControl,
+    FastMode,
 }
 
 impl Feature {
@@ -85,6 +87,7 @@ impl Feature {
             Feature::FaceAnalysis => "face analysis",
             Feature::PoseControl => "pose control",
             Feature::ExpressionControl => "expression control",
+            Feature::FastMode => "fast mode",
         }
     }
 
@@ -142,12 +145,21 @@ pub const CONTROLNET_WEIGHTS: ModelFile =
 pub const EXPRESSION_ADAPTER: ModelFile =
     arc2face_file("exp_adapter/exp_adapter.bin", "Arc2Face Expression Adapter (torch pickle)", Feature::ExpressionControl, EMOCA);
 
+pub const LCM_LORA: ModelFile = ModelFile {
+    relative_path: "lcm_lora/pytorch_lora_weights.safetensors",
+    what: "LCM-LoRA: 2 to 8 steps instead of 25 (fast mode)",
+    source: HubFile { repo: "latent-consistency/lcm-lora-sdv1-5", kind: RepoKind::Model, path: "pytorch_lora_weights.safetensors" },
+    licence: "CreativeML OpenRAIL++-M (LCM-LoRA)",
+    needed_for: Feature::FastMode,
+    typical_bytes: 135_000_000,
+};
+
 /// The files a generation needs.
 pub const GENERATION_FILES: [ModelFile; 7] =
     [UNET_CONFIG, UNET_WEIGHTS, ENCODER_CONFIG, ENCODER_WEIGHTS, VAE_CONFIG, VAE_WEIGHTS, SCHEDULER_CONFIG];
 
 /// Every file of the models folder (RECIPE.md, "Models folder"), in the order the model manager lists them.
-pub const ALL_FILES: [ModelFile; 12] = [
+pub const ALL_FILES: [ModelFile; 13] = [
     UNET_CONFIG,
     UNET_WEIGHTS,
     ENCODER_CONFIG,
@@ -160,6 +172,7 @@ pub const ALL_FILES: [ModelFile; 12] = [
     CONTROLNET_CONFIG,
     CONTROLNET_WEIGHTS,
     EXPRESSION_ADAPTER,
+    LCM_LORA,
 ];
 
 /// The models folder when none is configured: `ARC2FACE_MODELS`, else the data folder's `models`.
@@ -220,11 +233,10 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, ModelError> {
     serde_json::from_str(&text).map_err(|e| ModelError::invalid(path, format!("malformed config: {e}")))
 }
 
-/// Weights from a safetensors file, memory-mapped, converted to `dtype` on `device` as they are read.
-pub fn load_safetensors(path: &Path, dtype: DType, device: &Device) -> candle_core::Result<VarBuilder<'static>> {
-    // SAFETY: the file is mapped read-only; like every mmap user we rely on nobody truncating it
-    // while the app runs.
-    unsafe { VarBuilder::from_mmaped_safetensors(&[path], dtype, device) }
+/// Weights from a safetensors file, read tensor by tensor, converted to `dtype` on `device`.
+pub fn load_safetensors(path: &Path, dtype: DType, device: &Device) -> Result<VarBuilder<'static>, ModelError> {
+    let file = weights::SafetensorsFile::open(path).map_err(|e| ModelError::invalid(path, e))?;
+    Ok(weights::Weights::new(file, None).into_var_builder(dtype, device))
 }
 
 /// Weights from a torch zip pickle holding a flat state dict.

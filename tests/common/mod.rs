@@ -45,7 +45,7 @@ pub fn noise_schedule() -> arc2face_studio::diffusion::schedulers::NoiseSchedule
 pub fn generate(dtype: DType, spec: arc2face_studio::engine::GenerationSpec, initial_latents: Option<Tensor>) -> (Tensor, Vec<Vec<u8>>) {
     use arc2face_studio::engine::{Arc2FacePipeline, Flow, Job, Runtime};
     let runtime = Runtime { device: candle_core::Device::Cpu, dtype };
-    let pipeline = Arc2FacePipeline::load(&arc2face_studio::models::ModelsDir::new(models_dir()), &runtime).unwrap();
+    let mut pipeline = Arc2FacePipeline::load(&arc2face_studio::models::ModelsDir::new(models_dir()), &runtime).unwrap();
     let job = Job { spec, identity: reference("id_embedding.npy").to_vec1().unwrap(), initial_latents };
     let (mut latents, mut images) = (Vec::new(), Vec::new());
     pipeline
@@ -104,12 +104,13 @@ pub fn image_difference(actual: &[u8], expected: &[u8]) -> (f64, u8) {
     (mean, diffs.iter().copied().max().unwrap_or(0))
 }
 
-/// A models folder in `dir` with the tiny generation models, the tiny face detector and a
-/// recognizer whose 24 values fit the tiny encoder (which takes at most 32).
+/// A models folder in `dir` with every tiny model (generation, ControlNet, adapters, LCM-LoRA),
+/// the tiny face detector and a recognizer whose 24 values fit the tiny encoder (which takes at
+/// most 32).
 pub fn generation_and_face_models(dir: &std::path::Path) -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let models = dir.join("models");
-    for sub in ["arc2face", "encoder", "vae", "scheduler"] {
+    for sub in ["arc2face", "encoder", "vae", "scheduler", "controlnet", "exp_adapter", "lcm_lora"] {
         std::fs::create_dir_all(models.join(sub)).unwrap();
         for entry in std::fs::read_dir(root.join("tiny/models").join(sub)).unwrap() {
             let entry = entry.unwrap();

@@ -3,7 +3,7 @@
 use egui::{RichText, Ui};
 
 use super::super::state::*;
-use super::super::{Action, JobAction};
+use super::super::{Action, JobAction, ModelsAction};
 
 pub(super) fn settings(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
     ui.heading("Settings");
@@ -21,6 +21,9 @@ pub(super) fn settings(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>)
             actions.push(JobAction::NewSeed.into());
         }
     });
+    sampler_settings(ui, state, &mut settings, actions);
+    let loras = if settings.spec.loras.is_empty() { "LoRAs".to_string() } else { format!("LoRAs ({})", settings.spec.loras.len()) };
+    egui::CollapsingHeader::new(loras).id_salt("loras").show(ui, |ui| lora_settings(ui, &mut settings, actions));
     egui::CollapsingHeader::new("Image size and device").id_salt("runtime").show(ui, |ui| runtime_settings(ui, state, &mut settings));
     if settings != state.settings {
         actions.push(Action::UpdateSettings(Box::new(settings)));
@@ -36,6 +39,56 @@ pub(super) fn settings(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>)
             actions.push(JobAction::CancelRunning.into());
         }
     });
+}
+
+/// The sampler, and fast mode, which sets sampler, LoRA, steps and guidance together.
+fn sampler_settings(ui: &mut Ui, state: &AppState, settings: &mut Settings, actions: &mut Vec<Action>) {
+    use crate::diffusion::schedulers::Sampler;
+    ui.horizontal(|ui| {
+        let sampler = &mut settings.spec.sampler;
+        egui::ComboBox::from_label("Sampler").selected_text(sampler.label()).show_ui(ui, |ui| {
+            for choice in Sampler::ALL {
+                ui.selectable_value(sampler, choice, choice.label());
+            }
+        });
+        let mut fast = settings.spec.is_fast();
+        let lcm_missing = state.models.is_missing(crate::models::LCM_LORA);
+        let toggle = ui.add_enabled(!lcm_missing || fast, egui::Checkbox::new(&mut fast, "Fast"));
+        let toggle = toggle
+            .on_hover_text("LCM-LoRA: 4 steps without guidance instead of 25 with it, about 10× quicker; switch off to go back")
+            .on_disabled_hover_text("Needs the LCM-LoRA (lcm_lora/pytorch_lora_weights.safetensors): get it in Models…");
+        if toggle.changed() {
+            settings.set_fast(fast);
+        }
+        if lcm_missing && ui.small_button("Get LCM-LoRA…").clicked() {
+            actions.push(ModelsAction::ShowWindow(true).into());
+        }
+    });
+}
+
+/// The LoRAs merged into the UNet, each with its scale; more come from Add… or a dropped file.
+fn lora_settings(ui: &mut Ui, settings: &mut Settings, actions: &mut Vec<Action>) {
+    let mut removed = None;
+    for (index, lora) in settings.spec.loras.iter_mut().enumerate() {
+        ui.horizontal(|ui| {
+            let name = std::path::Path::new(&lora.file).file_name().map_or(lora.file.clone(), |n| n.to_string_lossy().into_owned());
+            ui.label(name).on_hover_text(&lora.file);
+            ui.add(egui::Slider::new(&mut lora.scale, 0.0..=1.5).fixed_decimals(2).text("scale"));
+            if ui.small_button("Remove").clicked() {
+                removed = Some(index);
+            }
+        });
+    }
+    if let Some(index) = removed {
+        settings.spec.loras.remove(index);
+    }
+    if ui
+        .button("Add LoRA…")
+        .on_hover_text("A .safetensors LoRA for Stable Diffusion 1.5 (kohya, diffusers or PEFT); or drop one on the window")
+        .clicked()
+    {
+        actions.push(JobAction::BrowseLora.into());
+    }
 }
 
 /// Image size, device and precision, and what the loaded models run on.
