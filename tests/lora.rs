@@ -29,7 +29,7 @@ fn config() -> UNetConfig {
 }
 
 /// Adds `file` at `scale` to `deltas`, as the engine does.
-fn add(deltas: &mut LoraDeltas, file: &PathBuf, scale: f64) -> Result<(), String> {
+fn add(deltas: &mut LoraDeltas, file: &std::path::Path, scale: f64) -> Result<(), String> {
     let unet = SafetensorsFile::open(&models_dir().join("arc2face/diffusion_pytorch_model.safetensors")).unwrap();
     let layout = UNetLayout::new(unet.names().filter_map(|n| Some((n, unet.shape(n)?))), &config());
     let lora = SafetensorsFile::open(file).unwrap();
@@ -135,7 +135,12 @@ fn a_job_without_the_lora_gets_the_unet_without_it() {
     let mut run = |spec: &GenerationSpec| {
         let job = Job { spec: spec.clone(), identity: identity.clone(), initial_latents: None };
         let mut latents = Vec::new();
-        pipeline.run(&job, &mut |_| Flow::Continue, &mut |image| Ok(latents.push(image.latents))).unwrap();
+        pipeline
+            .run(&job, &mut |_| Flow::Continue, &mut |image| {
+                latents.push(image.latents);
+                Ok(())
+            })
+            .unwrap();
         candle_core::Tensor::cat(&latents, 0).unwrap()
     };
     let with_lora = run(&GenerationSpec { loras: vec![lora], ..plain.clone() });
