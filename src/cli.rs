@@ -14,7 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::diffusion::schedulers::Sampler;
 use crate::engine::{
     Arc2FacePipeline, DeviceChoice, EngineError, FaceRef, Flow, GeneratedImage, GenerationSpec, IdentitySource, Job, JobOutcome, LoraSpec,
-    Precision, RuntimeSpec, StepProgress,
+    PoseSpec, PoseTarget, Precision, RuntimeSpec, StepProgress,
 };
 use crate::face::{self, FaceAnalyzer};
 use crate::gallery::metadata;
@@ -156,6 +156,20 @@ pub struct SettingsArgs {
     /// given with it still win.
     #[arg(long)]
     pub fast: bool,
+    /// A pose ControlNet conditioning image (a normal-map render), used as given; it must be
+    /// as large as the images.
+    #[arg(long, value_name = "FILE")]
+    pub pose_image: Option<PathBuf>,
+    /// How strongly the pose steers (the ControlNet's residuals are multiplied by this)
+    /// [default: 1.0].
+    #[arg(long)]
+    pub controlnet_scale: Option<f64>,
+    /// The fraction of the steps at which the ControlNet starts [default: 0].
+    #[arg(long)]
+    pub control_start: Option<f64>,
+    /// The fraction of the steps after which it stops [default: 1].
+    #[arg(long)]
+    pub control_end: Option<f64>,
     /// auto, cpu, cuda or cuda:N [default: auto: CUDA when this build has it and a GPU answers].
     #[arg(long, value_parser = DeviceChoice::parse)]
     pub device: Option<DeviceChoice>,
@@ -167,7 +181,22 @@ pub struct SettingsArgs {
 impl SettingsArgs {
     /// Writes every flag given into `spec`.
     pub fn apply(&self, spec: &mut GenerationSpec) {
-        let Self { num_images, steps, guidance, seed, size, scheduler, lora, fast, device, dtype } = self;
+        let Self {
+            num_images,
+            steps,
+            guidance,
+            seed,
+            size,
+            scheduler,
+            lora,
+            fast,
+            pose_image,
+            controlnet_scale,
+            control_start,
+            control_end,
+            device,
+            dtype,
+        } = self;
         if *fast {
             *spec = spec.in_fast_mode();
         }
@@ -192,6 +221,15 @@ impl SettingsArgs {
         }
         if let Some(sampler) = scheduler {
             spec.sampler = *sampler;
+        }
+        if let Some(path) = pose_image {
+            let target = PoseTarget::Image { file: crate::file_name(path) };
+            spec.pose = Some(PoseSpec { target, ..spec.pose.clone().unwrap_or_default() });
+        }
+        if let Some(pose) = &mut spec.pose {
+            pose.controlnet_scale = controlnet_scale.unwrap_or(pose.controlnet_scale);
+            pose.control_start = control_start.unwrap_or(pose.control_start);
+            pose.control_end = control_end.unwrap_or(pose.control_end);
         }
         if let Some(device) = device {
             spec.runtime.device = *device;
@@ -250,7 +288,14 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         spec.size = Some(latents.dim(2)? * pipeline.vae_scale_factor());
     }
     let num_images = spec.num_images;
-    let job = Job { spec, identity, initial_latents };
+    let pose_image = match (&spec.pose, &args.settings.pose_image) {
+        (Some(PoseSpec { target: PoseTarget::Image { .. }, .. }), Some(path)) => Some(face::photo::load_photo(path)?),
+        (Some(PoseSpec { target: PoseTarget::Image { file }, .. }), None) => {
+            bail!("the settings ask for the pose image {file}: give it with --pose-image")
+        }
+        _ => None,
+    };
+    let job = Job { spec, identity, initial_latents, pose_image };
     pipeline.check(&job)?;
 
     let interrupted = interrupt_flag();

@@ -246,7 +246,7 @@ impl WorkerState {
             }
         };
         let pipeline = self.pipeline.insert(pipeline);
-        let job = Job { spec: request.spec.clone(), identity: request.identity.clone(), initial_latents: None };
+        let job = Job { spec: request.spec.clone(), identity: request.identity.clone(), initial_latents: None, pose_image: None };
         let (events, wake, cancelled) = (&self.events, &self.wake, &self.cancelled_job);
         let mut on_step = |progress: &crate::engine::StepProgress| {
             if cancelled.load(Ordering::SeqCst) == request.job_id {

@@ -43,7 +43,7 @@ fn unet_with(deltas: LoraDeltas) -> UNet {
 
 fn unet_output(unet: &UNet) -> candle_core::Tensor {
     let context = reference("unet_encoder_hidden_states.npy");
-    unet.forward(&reference("unet_sample.npy"), 500.0, &Conditioning { context: &context }).unwrap()
+    unet.forward(&reference("unet_sample.npy"), 500.0, &Conditioning::context(&context)).unwrap()
 }
 
 fn unet_output_with(layout: &str, scale: f64) -> candle_core::Tensor {
@@ -133,7 +133,7 @@ fn a_job_without_the_lora_gets_the_unet_without_it() {
     let plain = GenerationSpec { num_images: 2, steps: 4, size: Some(32), seed: Some(42), ..Default::default() };
     let identity: Vec<f32> = reference("id_embedding.npy").to_vec1().unwrap();
     let mut run = |spec: &GenerationSpec| {
-        let job = Job { spec: spec.clone(), identity: identity.clone(), initial_latents: None };
+        let job = Job { spec: spec.clone(), identity: identity.clone(), initial_latents: None, pose_image: None };
         let mut latents = Vec::new();
         pipeline
             .run(&job, &mut |_| Flow::Continue, &mut |image| {

@@ -2,6 +2,7 @@
 //! the engine reads the files and hands them weights and configs.
 
 pub mod attention;
+pub mod controlnet;
 pub mod id_encoder;
 pub mod lora;
 pub mod noise;

@@ -13,6 +13,7 @@ use candle_nn::{Conv2d, GroupNorm, VarBuilder};
 use candle_transformers::models::stable_diffusion::embeddings::{TimestepEmbedding, Timesteps};
 use serde::Deserialize;
 
+use super::controlnet::ControlResiduals;
 use super::unet_blocks::{BlockSettings, DownBlock, MidBlock, Transformers, UpBlock};
 
 /// A per-block setting that diffusers configs give either once or for each block.
@@ -245,9 +246,19 @@ impl UNetConfig {
 }
 
 /// What conditions one UNet call besides the sample and the timestep.
+#[derive(Clone, Copy)]
 pub struct Conditioning<'a> {
     /// The cross-attention context `(B, 77, cross_attention_dim)`.
     pub context: &'a Tensor,
+    /// A ControlNet's residuals, added to the skips and the mid-block output.
+    pub control: Option<&'a ControlResiduals>,
+}
+
+impl<'a> Conditioning<'a> {
+    /// Conditioning on the context alone.
+    pub fn context(context: &'a Tensor) -> Self {
+        Self { context, control: None }
+    }
 }
 
 /// The sinusoidal timestep embedding and its MLP. The sinusoid is computed in f32 and cast to
@@ -393,6 +404,15 @@ impl UNet {
         let temb = self.time_embedding.forward(timestep, &xs)?;
         let DownPathOutput { mid, mut skips } = self.down_path.forward(self.down_path.conv_in(&xs)?, &temb, conditioning)?;
         let mut xs = mid;
+        if let Some(control) = conditioning.control {
+            if control.down.len() != skips.len() {
+                candle_core::bail!("{} ControlNet residuals for {} skips", control.down.len(), skips.len());
+            }
+            for (skip, residual) in skips.iter_mut().zip(&control.down) {
+                *skip = (&*skip + residual)?;
+            }
+            xs = (xs + &control.mid)?;
+        }
         for block in &self.up_blocks {
             let block_skips = skips.split_off(skips.len() - block.num_skips());
             xs = block.forward(&xs, &block_skips, &temb, conditioning)?;

@@ -10,6 +10,7 @@ pub mod spec;
 use candle_core::{DType, Tensor};
 use image::RgbImage;
 
+use crate::diffusion::controlnet::{ControlNet, ControlNetConfig};
 use crate::diffusion::id_encoder::{IdEncoder, IdEncoderConfig};
 use crate::diffusion::lora::{LoraDeltas, UNetLayout};
 use crate::diffusion::noise::{self, TorchGenerator};
@@ -19,7 +20,7 @@ use crate::diffusion::vae::{self, Vae, VaeConfig};
 use crate::models::weights::{SafetensorsFile, Weights};
 use crate::models::{self, ModelError, ModelFile, ModelsDir, first_line};
 pub use runtime::{DeviceChoice, Precision, Runtime, RuntimeSpec};
-pub use spec::{FaceRef, GenerationSpec, IdentitySource, ImageMetadata, LoadedFile, LoraSpec};
+pub use spec::{FaceRef, GenerationSpec, IdentitySource, ImageMetadata, LoadedFile, LoraSpec, PoseSpec, PoseTarget};
 
 /// The largest image side we accept: attention memory grows with the fourth power of the side.
 pub const MAX_SIZE: usize = 1024;
@@ -87,6 +88,8 @@ pub struct Job {
     /// Initial latents `(N, C, h, w)`, one row per image, instead of seeded noise; the spec then
     /// has no seed.
     pub initial_latents: Option<Tensor>,
+    /// The conditioning image of a pose given as an image ([`PoseTarget::Image`]).
+    pub pose_image: Option<RgbImage>,
 }
 
 /// What the per-step callback sees.
@@ -148,11 +151,17 @@ pub struct Arc2FacePipeline {
     unet_loras: Vec<LoraSpec>,
     vae: Vae,
     vae_config: VaeConfig,
+    /// Loaded with the first job that asks for a pose.
+    controlnet: Option<ControlNet>,
     schedule: NoiseSchedule,
     runtime: Runtime,
     models: ModelsDir,
-    /// Every file read for the models in memory, in the order it was read.
+    /// The files of the models every job uses, in the order they were read.
     files: Vec<LoadedFile>,
+    /// The LoRA files merged into the UNet.
+    lora_files: Vec<LoadedFile>,
+    /// The ControlNet's files, once it is loaded.
+    controlnet_files: Vec<LoadedFile>,
 }
 
 impl Arc2FacePipeline {
@@ -219,16 +228,22 @@ impl Arc2FacePipeline {
             unet_loras: Vec::new(),
             vae,
             vae_config,
+            controlnet: None,
             schedule,
             runtime: runtime.clone(),
             models: models.clone(),
             files,
+            lora_files: Vec::new(),
+            controlnet_files: Vec::new(),
         })
     }
 
     /// Makes the models in memory those `spec` needs: the UNet is built again, from its file,
     /// when the job asks for other LoRAs (or scales) than the ones merged into it.
     pub fn prepare(&mut self, spec: &GenerationSpec) -> Result<(), EngineError> {
+        if spec.pose.is_some() && self.controlnet.is_none() {
+            self.controlnet = Some(self.load_controlnet()?);
+        }
         if spec.loras == self.unet_loras && self.unet.is_some() {
             return Ok(());
         }
@@ -247,13 +262,43 @@ impl Arc2FacePipeline {
             lora_files.push(LoadedFile { path: lora.file.clone(), bytes: std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) });
         }
         // The old UNet goes first, so that two are never in memory at once.
-        let old_loras = std::mem::take(&mut self.unet_loras);
-        self.files.retain(|f| !old_loras.iter().any(|l| l.file == f.path));
+        self.unet_loras.clear();
+        self.lora_files.clear();
         self.unet = None;
         self.unet = Some(load_unet(&unet_path, &self.unet_config, deltas, &self.runtime)?);
         self.unet_loras = spec.loras.clone();
-        self.files.extend(lora_files);
+        self.lora_files = lora_files;
         Ok(())
+    }
+
+    /// The pose ControlNet from the models folder, checked against the models it works with.
+    fn load_controlnet(&mut self) -> Result<ControlNet, EngineError> {
+        let config_path = self.models.existing(models::CONTROLNET_CONFIG)?;
+        let weights_path = self.models.existing(models::CONTROLNET_WEIGHTS)?;
+        let config: ControlNetConfig = models::read_json(&config_path)?;
+        if config.down.cross_attention_dim != self.encoder.hidden_size() || config.image_scale_factor() != self.vae_config.scale_factor() {
+            return Err(ModelError::invalid(
+                &config_path,
+                format!(
+                    "a ControlNet for other models (cross_attention_dim {}, image scale {}; these models need {} and {})",
+                    config.down.cross_attention_dim,
+                    config.image_scale_factor(),
+                    self.encoder.hidden_size(),
+                    self.vae_config.scale_factor()
+                ),
+            )
+            .into());
+        }
+        let vb = models::load_safetensors(&weights_path, self.runtime.dtype, &self.runtime.device)?;
+        let controlnet = ControlNet::new(vb, &config).map_err(|e| ModelError::invalid(&weights_path, e))?;
+        self.controlnet_files = [(models::CONTROLNET_CONFIG, &config_path), (models::CONTROLNET_WEIGHTS, &weights_path)]
+            .into_iter()
+            .map(|(file, path)| LoadedFile {
+                path: file.relative_path.into(),
+                bytes: std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
+            })
+            .collect();
+        Ok(controlnet)
     }
 
     /// Where a LoRA file is: relative paths are in the models folder (a missing one there is
@@ -305,9 +350,11 @@ impl Arc2FacePipeline {
         self.encoder.hidden_size()
     }
 
-    /// Every model file this pipeline read, with its size.
-    pub fn files(&self) -> &[LoadedFile] {
-        &self.files
+    /// Every model file a job of `spec` reads, with its size: the base models, its LoRAs, the
+    /// ControlNet for a pose.
+    pub fn files_for(&self, spec: &GenerationSpec) -> Vec<LoadedFile> {
+        let controlnet = spec.pose.is_some().then_some(&self.controlnet_files).into_iter().flatten();
+        self.files.iter().chain(&self.lora_files).chain(controlnet).cloned().collect()
     }
 
     /// The shape of one image's latents at `size` pixels.
@@ -374,6 +421,27 @@ impl Arc2FacePipeline {
             }
             (None, None) => return input("a job needs a seed or initial latents".into()),
         }
+        if let Some(pose) = &spec.pose {
+            let scale = pose.controlnet_scale;
+            if !scale.is_finite() || !(0.0..=5.0).contains(&scale) {
+                return input(format!("the ControlNet scale must be a number from 0 to 5, got {scale}"));
+            }
+            let (start, end) = (pose.control_start, pose.control_end);
+            if !(0.0 <= start && start < end && end <= 1.0) {
+                return input(format!("the ControlNet's start and end must satisfy 0 ≤ start < end ≤ 1, got {start} and {end}"));
+            }
+            match (&pose.target, &job.pose_image) {
+                (PoseTarget::Image { file }, Some(image)) if (image.width() as usize, image.height() as usize) != (size, size) => {
+                    return input(format!(
+                        "the pose image {file} is {}×{}; for {size} px images it must be {size}×{size} (arc2face render-pose --size {size} makes one)",
+                        image.width(),
+                        image.height()
+                    ));
+                }
+                (PoseTarget::Image { file }, None) => return input(format!("the pose image {file} was not given with the job")),
+                (PoseTarget::Image { .. }, Some(_)) => {}
+            }
+        }
         Ok(())
     }
 
@@ -400,7 +468,8 @@ impl Arc2FacePipeline {
                 (None, Some(generator)) => generator.randn_tensor(self.latent_shape(size), &self.runtime.device)?,
                 (None, None) => return Err(EngineError::Input("a job needs a seed or initial latents".into())),
             };
-            let Some(latents) = self.denoise(&context, initial, index, &spec, generator.as_mut(), on_step)? else {
+            let control_image = self.control_image(&spec, job.pose_image.as_ref(), context.dim(0)?)?;
+            let Some(latents) = self.denoise(&context, initial, index, &spec, control_image.as_ref(), generator.as_mut(), on_step)? else {
                 return Ok(JobOutcome::Cancelled);
             };
             let image = self.decode(&latents)?.remove(0);
@@ -410,6 +479,22 @@ impl Arc2FacePipeline {
         Ok(JobOutcome::Completed)
     }
 
+    /// The pose ControlNet's input for an image of `spec`: `(batch, 3, H, W)` in [0, 1], the
+    /// 8-bit image divided by 255 as diffusers prepares it, once per half of the guidance batch.
+    fn control_image(&self, spec: &GenerationSpec, pose_image: Option<&RgbImage>, batch: usize) -> Result<Option<Tensor>, EngineError> {
+        let Some(pose) = &spec.pose else { return Ok(None) };
+        let image = match (&pose.target, pose_image) {
+            (PoseTarget::Image { .. }, Some(image)) => image,
+            (PoseTarget::Image { file }, None) => {
+                return Err(EngineError::Input(format!("the pose image {file} was not given with the job")));
+            }
+        };
+        let (width, height) = (image.width() as usize, image.height() as usize);
+        let pixels = Tensor::from_vec(image.as_raw().clone(), (height, width, 3), &self.runtime.device)?;
+        let tensor = (pixels.permute((2, 0, 1))?.to_dtype(DType::F32)? / 255.0)?.unsqueeze(0)?;
+        Ok(Some(tensor.repeat((batch, 1, 1, 1))?.to_dtype(self.runtime.dtype)?))
+    }
+
     /// What image `index` of `count` records about itself.
     fn metadata(&self, spec: GenerationSpec, index: usize, count: usize) -> ImageMetadata {
         let size = self.size_of(&spec);
@@ -417,15 +502,15 @@ impl Arc2FacePipeline {
             format: spec::METADATA_FORMAT,
             app: env!("CARGO_PKG_NAME").into(),
             app_version: env!("CARGO_PKG_VERSION").into(),
-            spec,
             index,
             count,
             width: size,
             height: size,
             ran_on: self.runtime.describe(),
-            model_files: self.files.clone(),
+            model_files: self.files_for(&spec),
             created_unix_ms: crate::unix_ms(std::time::SystemTime::now()),
             identity_match: None,
+            spec,
         }
     }
 
@@ -445,6 +530,7 @@ impl Arc2FacePipeline {
         latents: Tensor,
         image_index: usize,
         spec: &GenerationSpec,
+        control_image: Option<&Tensor>,
         mut generator: Option<&mut TorchGenerator>,
         on_step: &mut dyn FnMut(&StepProgress) -> Flow,
     ) -> Result<Option<Tensor>, EngineError> {
@@ -456,10 +542,18 @@ impl Arc2FacePipeline {
         let mut scheduler = Scheduler::new(spec.sampler, &self.schedule, spec.steps);
         let timesteps = scheduler.timesteps().to_vec();
         let mut latents = (latents * scheduler.init_noise_sigma())?;
-        let conditioning = Conditioning { context };
         for (i, &timestep) in timesteps.iter().enumerate() {
             let model_input = scheduler.scale_model_input(&latents, i)?.to_dtype(dtype)?;
             let model_input = if guided { Tensor::cat(&[&model_input, &model_input], 0)? } else { model_input };
+            // The ControlNet sees the same input and context; outside its window of steps it
+            // would only add zeros, so it does not run.
+            let control = match (&spec.pose, control_image, &self.controlnet) {
+                (Some(pose), Some(image), Some(controlnet)) if pose.active_at(i, timesteps.len()) => {
+                    Some(controlnet.forward(&model_input, timestep, &Conditioning::context(context), image, pose.controlnet_scale)?)
+                }
+                _ => None,
+            };
+            let conditioning = Conditioning { context, control: control.as_ref() };
             let eps = unet.forward(&model_input, timestep, &conditioning)?.to_dtype(DType::F32)?;
             let eps = if guided {
                 let (unconditional, conditional) = (eps.get(0)?, eps.get(1)?);

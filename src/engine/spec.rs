@@ -36,6 +36,8 @@ pub struct GenerationSpec {
     pub sampler: Sampler,
     /// LoRAs merged into the UNet, in order.
     pub loras: Vec<LoraSpec>,
+    /// A target head pose through the pose ControlNet.
+    pub pose: Option<PoseSpec>,
     /// Where the job runs and in which precision. Recorded with each image; restoring an image
     /// never changes it (see [`GenerationSpec::restored`]).
     pub runtime: RuntimeSpec,
@@ -52,6 +54,7 @@ impl Default for GenerationSpec {
             size: None,
             sampler: Sampler::default(),
             loras: Vec::new(),
+            pose: None,
             runtime: RuntimeSpec::default(),
         }
     }
@@ -124,6 +127,41 @@ pub struct LoraSpec {
     /// A path relative to the models folder (the LCM-LoRA of fast mode), or absolute.
     pub file: String,
     pub scale: f64,
+}
+
+/// A target pose: what the pose ControlNet is shown, and how much it steers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PoseSpec {
+    pub target: PoseTarget,
+    /// The ControlNet's residuals are multiplied by this.
+    pub controlnet_scale: f64,
+    /// The fractions of the steps between which the ControlNet runs (diffusers'
+    /// `control_guidance_start` / `_end`).
+    pub control_start: f64,
+    pub control_end: f64,
+}
+
+impl Default for PoseSpec {
+    fn default() -> Self {
+        Self { target: PoseTarget::Image { file: String::new() }, controlnet_scale: 1.0, control_start: 0.0, control_end: 1.0 }
+    }
+}
+
+impl PoseSpec {
+    /// Whether the ControlNet runs at step `step` of `steps`, as diffusers decides it.
+    pub fn active_at(&self, step: usize, steps: usize) -> bool {
+        let (start, end) = (step as f64 / steps as f64, (step + 1) as f64 / steps as f64);
+        !(start < self.control_start || end > self.control_end)
+    }
+}
+
+/// What the pose ControlNet is shown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PoseTarget {
+    /// A conditioning image given as it is (its file name; the pixels travel with the job).
+    Image { file: String },
 }
 
 /// Where a job's identity came from.

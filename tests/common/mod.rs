@@ -43,13 +43,24 @@ pub fn noise_schedule() -> arc2face_studio::diffusion::schedulers::NoiseSchedule
 /// Runs `spec` on the tiny models (on the CPU, in `dtype`) with the reference identity: the
 /// final latents of every image, and the images' pixels.
 pub fn generate(dtype: DType, spec: arc2face_studio::engine::GenerationSpec, initial_latents: Option<Tensor>) -> (Tensor, Vec<Vec<u8>>) {
-    use arc2face_studio::engine::{Arc2FacePipeline, Flow, Job, Runtime};
+    let job = arc2face_studio::engine::Job {
+        spec,
+        identity: reference("id_embedding.npy").to_vec1().unwrap(),
+        initial_latents,
+        pose_image: None,
+    };
+    run_job(dtype, &job)
+}
+
+/// Runs `job` on the tiny models (on the CPU, in `dtype`): the final latents of every image,
+/// and the images' pixels.
+pub fn run_job(dtype: DType, job: &arc2face_studio::engine::Job) -> (Tensor, Vec<Vec<u8>>) {
+    use arc2face_studio::engine::{Arc2FacePipeline, Flow, Runtime};
     let runtime = Runtime { device: candle_core::Device::Cpu, dtype };
     let mut pipeline = Arc2FacePipeline::load(&arc2face_studio::models::ModelsDir::new(models_dir()), &runtime).unwrap();
-    let job = Job { spec, identity: reference("id_embedding.npy").to_vec1().unwrap(), initial_latents };
     let (mut latents, mut images) = (Vec::new(), Vec::new());
     pipeline
-        .run(&job, &mut |_| Flow::Continue, &mut |generated| {
+        .run(job, &mut |_| Flow::Continue, &mut |generated| {
             latents.push(generated.latents);
             images.push(generated.image.into_raw());
             Ok(())
