@@ -24,7 +24,7 @@ pub enum Command {
     AnalyzePhoto {
         path: PathBuf,
     },
-    Generate(GenerationRequest),
+    Generate(Box<GenerationRequest>),
     /// Drop loaded models (the models folder changed); they load again when next needed.
     UnloadModels {
         models_dir: PathBuf,

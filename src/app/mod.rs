@@ -149,7 +149,7 @@ impl StudioApp {
             return;
         }
         if let Some(request) = self.state.queue.pop_front() {
-            if !self.worker.send(Command::Generate(request.clone())) {
+            if !self.worker.send(Command::Generate(Box::new(request.clone()))) {
                 // The worker is gone (it never is: it catches panics) or swamped: keep the job.
                 self.state.queue.push_front(request);
                 return;

@@ -139,6 +139,15 @@ pub fn random_seed() -> u64 {
     hasher.finish() & 0xFFFF_FFFF
 }
 
+/// What the models are given for one image besides its latents, batched like the UNet's input
+/// (both halves under guidance).
+struct ModelInputs {
+    /// The identity context.
+    context: Tensor,
+    /// The pose ControlNet's image, when the job has a pose.
+    control_image: Option<Tensor>,
+}
+
 /// The loaded Arc2Face models.
 pub struct Arc2FacePipeline {
     encoder: IdEncoder,
@@ -468,8 +477,11 @@ impl Arc2FacePipeline {
                 (None, Some(generator)) => generator.randn_tensor(self.latent_shape(size), &self.runtime.device)?,
                 (None, None) => return Err(EngineError::Input("a job needs a seed or initial latents".into())),
             };
-            let control_image = self.control_image(&spec, job.pose_image.as_ref(), context.dim(0)?)?;
-            let Some(latents) = self.denoise(&context, initial, index, &spec, control_image.as_ref(), generator.as_mut(), on_step)? else {
+            let inputs = ModelInputs {
+                control_image: self.control_image(&spec, job.pose_image.as_ref(), context.dim(0)?)?,
+                context: context.clone(),
+            };
+            let Some(latents) = self.denoise(&inputs, initial, index, &spec, generator.as_mut(), on_step)? else {
                 return Ok(JobOutcome::Cancelled);
             };
             let image = self.decode(&latents)?.remove(0);
@@ -526,14 +538,14 @@ impl Arc2FacePipeline {
     /// cancelled.
     fn denoise(
         &self,
-        context: &Tensor,
+        inputs: &ModelInputs,
         latents: Tensor,
         image_index: usize,
         spec: &GenerationSpec,
-        control_image: Option<&Tensor>,
         mut generator: Option<&mut TorchGenerator>,
         on_step: &mut dyn FnMut(&StepProgress) -> Flow,
     ) -> Result<Option<Tensor>, EngineError> {
+        let context = &inputs.context;
         let guided = context.dim(0)? == 2;
         let dtype = self.runtime.dtype;
         let Some(unet) = &self.unet else {
@@ -547,7 +559,7 @@ impl Arc2FacePipeline {
             let model_input = if guided { Tensor::cat(&[&model_input, &model_input], 0)? } else { model_input };
             // The ControlNet sees the same input and context; outside its window of steps it
             // would only add zeros, so it does not run.
-            let control = match (&spec.pose, control_image, &self.controlnet) {
+            let control = match (&spec.pose, &inputs.control_image, &self.controlnet) {
                 (Some(pose), Some(image), Some(controlnet)) if pose.active_at(i, timesteps.len()) => {
                     Some(controlnet.forward(&model_input, timestep, &Conditioning::context(context), image, pose.controlnet_scale)?)
                 }
