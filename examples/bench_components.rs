@@ -33,7 +33,7 @@ fn main() -> anyhow::Result<()> {
     let context = Tensor::randn(0f32, 1., (2, 77, config.cross_attention_dim()), &device)?;
     for i in 0..3 {
         let started = Instant::now();
-        unet.forward(&latents, 999.0, &Conditioning { context: &context })?;
+        unet.forward(&latents, 999.0, &Conditioning::context(&context))?;
         eprintln!("UNet step {i} (batch 2, {size} px) {:7.3} s", started.elapsed().as_secs_f64());
     }
     let started = Instant::now();

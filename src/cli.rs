@@ -13,9 +13,10 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::diffusion::schedulers::Sampler;
 use crate::engine::{
-    Arc2FacePipeline, DeviceChoice, EngineError, FaceRef, Flow, GeneratedImage, GenerationSpec, IdentitySource, Job, JobOutcome, LoraSpec,
-    PoseSpec, PoseTarget, Precision, RuntimeSpec, StepProgress,
+    Arc2FacePipeline, DeviceChoice, EngineError, ExpressionSpec, FaceRef, Flow, GeneratedImage, GenerationSpec, IdentitySource, Job,
+    JobOutcome, LoraSpec, PoseSpec, PoseTarget, Precision, RuntimeSpec, StepProgress,
 };
+use crate::expression::Expression;
 use crate::face::{self, FaceAnalyzer};
 use crate::gallery::metadata;
 use crate::models::download::{self, DownloadEvent, DownloadOptions, TransferProgress};
@@ -170,6 +171,14 @@ pub struct SettingsArgs {
     /// The fraction of the steps after which it stops [default: 1].
     #[arg(long)]
     pub control_end: Option<f64>,
+    /// A target expression for the Expression Adapter: a .npy of 55 float32 (50 FLAME expression
+    /// coefficients, 2 eyelids, 3 jaw) or a .json object with named fields (`expression` list,
+    /// `eyelids`, `jaw_open`, `jaw_sideways`, `jaw_roll`).
+    #[arg(long, value_name = "FILE", value_parser = parse_expression)]
+    pub expression: Option<Expression>,
+    /// How much the expression's attention counts [default: 1.0].
+    #[arg(long)]
+    pub expression_scale: Option<f64>,
     /// auto, cpu, cuda or cuda:N [default: auto: CUDA when this build has it and a GPU answers].
     #[arg(long, value_parser = DeviceChoice::parse)]
     pub device: Option<DeviceChoice>,
@@ -194,6 +203,8 @@ impl SettingsArgs {
             controlnet_scale,
             control_start,
             control_end,
+            expression,
+            expression_scale,
             device,
             dtype,
         } = self;
@@ -230,6 +241,12 @@ impl SettingsArgs {
             pose.controlnet_scale = controlnet_scale.unwrap_or(pose.controlnet_scale);
             pose.control_start = control_start.unwrap_or(pose.control_start);
             pose.control_end = control_end.unwrap_or(pose.control_end);
+        }
+        if let Some(expression) = expression {
+            spec.expression = Some(ExpressionSpec { expression: expression.clone(), ..spec.expression.clone().unwrap_or_default() });
+        }
+        if let (Some(expression), Some(scale)) = (&mut spec.expression, expression_scale) {
+            expression.scale = *scale;
         }
         if let Some(device) = device {
             spec.runtime.device = *device;
@@ -352,6 +369,23 @@ fn parse_lora(text: &str) -> Result<LoraSpec, String> {
         return Err(format!("{}: no such LoRA file", path.display()));
     }
     Ok(LoraSpec { file: path.to_string_lossy().into_owned(), scale })
+}
+
+/// An expression from a `.npy` of 55 values or a `.json` of named fields; the training clamps
+/// apply when it is used.
+fn parse_expression(path: &str) -> Result<Expression, String> {
+    let path = Path::new(path);
+    let expression = if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json")) {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        serde_json::from_str(&text).map_err(|e| format!("{}: not an expression: {e}", path.display()))?
+    } else {
+        let tensor = Tensor::read_npy(path)
+            .map_err(|e| format!("{}: not a readable .npy file ({})", path.display(), models::first_line(&e.to_string())))?;
+        let values: Vec<f32> = tensor.flatten_all().and_then(|t| t.to_dtype(DType::F32)?.to_vec1()).map_err(|e| e.to_string())?;
+        Expression::from_values(&values).map_err(|e| format!("{}: {e}", path.display()))?
+    };
+    expression.check().map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(expression)
 }
 
 /// Set once the user presses Ctrl+C (or the process gets SIGINT/SIGTERM): the run then stops

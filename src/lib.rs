@@ -6,6 +6,7 @@ pub mod app;
 pub mod cli;
 pub mod diffusion;
 pub mod engine;
+pub mod expression;
 pub mod face;
 pub mod gallery;
 pub mod models;

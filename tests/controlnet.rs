@@ -41,7 +41,7 @@ fn controlnet_residuals_and_the_unet_with_them_match_diffusers() {
     let unet_config: UNetConfig = models::read_json(&models.join("arc2face/config.json")).unwrap();
     let vb = load_safetensors(&models.join("arc2face/diffusion_pytorch_model.safetensors"), DType::F32, &Device::Cpu).unwrap();
     let unet = UNet::new(vb, &unet_config).unwrap();
-    let out = unet.forward(&sample, 500.0, &Conditioning { context: &context, control: Some(&residuals) }).unwrap();
+    let out = unet.forward(&sample, 500.0, &Conditioning { control: Some(&residuals), ..Conditioning::context(&context) }).unwrap();
     assert_close("UNet with the residuals", &out, &feature_reference("controlnet_unet_out.npy"), 1e-5);
 }
 

@@ -9,7 +9,8 @@
 use candle_core::{D, DType, Module, Result, Tensor};
 use candle_nn::{Conv2d, GroupNorm, LayerNorm, Linear, VarBuilder};
 
-use super::unet::Conditioning;
+use super::expression_adapter::ExpressionAttention;
+use super::unet::{Conditioning, ExpressionTokens};
 
 struct Attention {
     to_q: Linear,
@@ -17,6 +18,8 @@ struct Attention {
     to_v: Linear,
     to_out: Linear,
     heads: usize,
+    /// The Expression Adapter's projections, attached to cross-attention layers.
+    expression: Option<ExpressionAttention>,
 }
 
 impl Attention {
@@ -28,19 +31,24 @@ impl Attention {
             to_v: candle_nn::linear_no_bias(context_dim, inner, vb.pp("to_v"))?,
             to_out: candle_nn::linear(inner, query_dim, vb.pp("to_out.0"))?,
             heads,
+            expression: None,
         })
     }
 
-    /// Attends from `xs` `(B, N, C)` to `context` `(B, M, C')`; softmax in f32.
-    fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
+    /// Attends from `xs` `(B, N, C)` to `context` `(B, M, C')`, plus (decoupled, with its own
+    /// softmax) to the expression tokens when the adapter is attached and given them.
+    fn forward(&self, xs: &Tensor, context: &Tensor, expression: Option<ExpressionTokens>) -> Result<Tensor> {
         let q = self.split_heads(&self.to_q.forward(xs)?)?;
         let k = self.split_heads(&self.to_k.forward(context)?)?;
         let v = self.split_heads(&self.to_v.forward(context)?)?;
-        let head_dim = q.dim(D::Minus1)?;
-        let in_dtype = q.dtype();
-        let scores = (q.to_dtype(DType::F32)?.matmul(&k.to_dtype(DType::F32)?.t()?)? * (head_dim as f64).powf(-0.5))?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out = probs.matmul(&v.to_dtype(DType::F32)?)?.to_dtype(in_dtype)?;
+        let mut out = attend(&q, &k, &v)?;
+        if let (Some(adapter), Some(tokens)) = (&self.expression, expression)
+            && tokens.scale != 0.0
+        {
+            let k = self.split_heads(&adapter.to_k.forward(tokens.tokens)?)?;
+            let v = self.split_heads(&adapter.to_v.forward(tokens.tokens)?)?;
+            out = (out + (attend(&q, &k, &v)? * tokens.scale)?)?;
+        }
         let (batch, heads, n, head_dim) = out.dims4()?;
         let out = out.transpose(1, 2)?.reshape((batch, n, heads * head_dim))?;
         self.to_out.forward(&out)
@@ -51,6 +59,15 @@ impl Attention {
         let (batch, n, inner) = xs.dims3()?;
         xs.reshape((batch, n, self.heads, inner / self.heads))?.transpose(1, 2)?.contiguous()
     }
+}
+
+/// Scaled dot-product attention over heads, `(B, H, N, D)` each; softmax in f32.
+fn attend(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    let head_dim = q.dim(D::Minus1)?;
+    let in_dtype = q.dtype();
+    let scores = (q.to_dtype(DType::F32)?.matmul(&k.to_dtype(DType::F32)?.t()?)? * (head_dim as f64).powf(-0.5))?;
+    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    probs.matmul(&v.to_dtype(DType::F32)?)?.to_dtype(in_dtype)
 }
 
 /// GEGLU feed-forward: `proj` to twice the inner width, `value · gelu(gate)`, then back.
@@ -95,8 +112,8 @@ impl TransformerBlock {
 
     fn forward(&self, xs: &Tensor, conditioning: &Conditioning) -> Result<Tensor> {
         let normed = self.norm1.forward(xs)?;
-        let xs = (self.self_attention.forward(&normed, &normed)? + xs)?;
-        let xs = (self.cross_attention.forward(&self.norm2.forward(&xs)?, conditioning.context)? + xs)?;
+        let xs = (self.self_attention.forward(&normed, &normed, None)? + xs)?;
+        let xs = (self.cross_attention.forward(&self.norm2.forward(&xs)?, conditioning.context, conditioning.expression)? + xs)?;
         self.feed_forward.forward(&self.norm3.forward(&xs)?)? + xs
     }
 }
@@ -144,6 +161,11 @@ impl SpatialTransformer {
             blocks,
             proj_out: projection("proj_out")?,
         })
+    }
+
+    /// Where the Expression Adapter attaches: each transformer block's cross-attention.
+    pub fn expression_slots(&mut self) -> impl Iterator<Item = &mut Option<ExpressionAttention>> {
+        self.blocks.iter_mut().map(|block| &mut block.cross_attention.expression)
     }
 
     /// `xs` `(B, C, H, W)`; the conditioning's context `(B, 77, context_dim)`.

@@ -3,6 +3,7 @@
 
 pub mod attention;
 pub mod controlnet;
+pub mod expression_adapter;
 pub mod id_encoder;
 pub mod lora;
 pub mod noise;

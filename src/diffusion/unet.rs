@@ -14,6 +14,7 @@ use candle_transformers::models::stable_diffusion::embeddings::{TimestepEmbeddin
 use serde::Deserialize;
 
 use super::controlnet::ControlResiduals;
+use super::expression_adapter::ExpressionAttention;
 use super::unet_blocks::{BlockSettings, DownBlock, MidBlock, Transformers, UpBlock};
 
 /// A per-block setting that diffusers configs give either once or for each block.
@@ -252,13 +253,22 @@ pub struct Conditioning<'a> {
     pub context: &'a Tensor,
     /// A ControlNet's residuals, added to the skips and the mid-block output.
     pub control: Option<&'a ControlResiduals>,
+    /// The Expression Adapter's tokens for the cross-attention layers it is attached to.
+    pub expression: Option<ExpressionTokens<'a>>,
 }
 
 impl<'a> Conditioning<'a> {
     /// Conditioning on the context alone.
     pub fn context(context: &'a Tensor) -> Self {
-        Self { context, control: None }
+        Self { context, control: None, expression: None }
     }
+}
+
+/// Expression tokens `(B, T, cross_attention_dim)` and how much they count.
+#[derive(Clone, Copy)]
+pub struct ExpressionTokens<'a> {
+    pub tokens: &'a Tensor,
+    pub scale: f64,
 }
 
 /// The sinusoidal timestep embedding and its MLP. The sinusoid is computed in f32 and cast to
@@ -332,6 +342,12 @@ impl DownPath {
     }
 
     /// Runs the down blocks and the mid block on `conv_in`'s output.
+    /// Its down blocks' Expression Adapter slots, then its mid block's.
+    fn expression_slots(&mut self) -> (Vec<&mut Option<ExpressionAttention>>, Vec<&mut Option<ExpressionAttention>>) {
+        let down = self.down_blocks.iter_mut().flat_map(DownBlock::expression_slots).collect();
+        (down, self.mid_block.expression_slots().collect())
+    }
+
     pub fn forward(&self, xs: Tensor, temb: &Tensor, conditioning: &Conditioning) -> Result<DownPathOutput> {
         let mut skips = vec![xs.clone()];
         let mut xs = xs;
@@ -394,6 +410,31 @@ impl UNet {
             conv_out: candle_nn::conv2d(channels[0], config.out_channels, 3, conv3, vb.pp("conv_out"))?,
             center_input_sample: config.center_input_sample,
         })
+    }
+
+    /// Its cross-attention layers' Expression Adapter slots, in diffusers' attention-processor
+    /// order: down blocks, up blocks, then the mid block.
+    fn expression_slots(&mut self) -> Vec<&mut Option<ExpressionAttention>> {
+        let (down, mid) = self.down_path.expression_slots();
+        let up = self.up_blocks.iter_mut().flat_map(UpBlock::expression_slots);
+        down.into_iter().chain(up).chain(mid).collect()
+    }
+
+    /// How many cross-attention layers an Expression Adapter attaches to.
+    pub fn cross_attention_layers(&mut self) -> usize {
+        self.expression_slots().len()
+    }
+
+    /// Attaches an Expression Adapter's per-layer projections (in attention-processor order).
+    pub fn attach_expression_adapter(&mut self, layers: Vec<ExpressionAttention>) -> Result<()> {
+        let mut slots = self.expression_slots();
+        if slots.len() != layers.len() {
+            candle_core::bail!("{} adapter layers for {} cross-attention layers", layers.len(), slots.len());
+        }
+        for (slot, layer) in slots.iter_mut().zip(layers) {
+            **slot = Some(layer);
+        }
+        Ok(())
     }
 
     /// Predicts the noise in `sample` `(B, C, h, w)` at `timestep` under `conditioning`, whose

@@ -10,6 +10,7 @@ use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
 use candle_transformers::models::stable_diffusion::resnet::{ResnetBlock2D, ResnetBlock2DConfig};
 
 use super::attention::{SpatialTransformer, TransformerSettings};
+use super::expression_adapter::ExpressionAttention;
 use super::unet::Conditioning;
 
 /// What the blocks of one UNet share.
@@ -87,6 +88,11 @@ impl DownBlock {
         Ok(Self { resnets, attentions, downsampler })
     }
 
+    /// Its transformers' Expression Adapter slots, in order.
+    pub fn expression_slots(&mut self) -> impl Iterator<Item = &mut Option<ExpressionAttention>> {
+        self.attentions.iter_mut().flatten().flat_map(SpatialTransformer::expression_slots)
+    }
+
     /// Returns the block's output and the skips it hands to its up block.
     pub fn forward(&self, xs: &Tensor, temb: &Tensor, conditioning: &Conditioning) -> Result<(Tensor, Vec<Tensor>)> {
         let mut xs = xs.clone();
@@ -143,6 +149,11 @@ impl UpBlock {
         self.resnets.len()
     }
 
+    /// Its transformers' Expression Adapter slots, in order.
+    pub fn expression_slots(&mut self) -> impl Iterator<Item = &mut Option<ExpressionAttention>> {
+        self.attentions.iter_mut().flatten().flat_map(SpatialTransformer::expression_slots)
+    }
+
     /// `skips` are this block's skips in the order the down path produced them; the last is
     /// consumed first.
     pub fn forward(&self, xs: &Tensor, skips: &[Tensor], temb: &Tensor, conditioning: &Conditioning) -> Result<Tensor> {
@@ -189,6 +200,11 @@ impl MidBlock {
             attention: transformer(vb.pp("attentions.0"), channels, transformers, s)?,
             second: resnet(vb.pp("resnets.1"))?,
         })
+    }
+
+    /// Its transformer's Expression Adapter slots.
+    pub fn expression_slots(&mut self) -> impl Iterator<Item = &mut Option<ExpressionAttention>> {
+        self.attention.expression_slots()
     }
 
     pub fn forward(&self, xs: &Tensor, temb: &Tensor, conditioning: &Conditioning) -> Result<Tensor> {

@@ -11,16 +11,17 @@ use candle_core::{DType, Tensor};
 use image::RgbImage;
 
 use crate::diffusion::controlnet::{ControlNet, ControlNetConfig};
+use crate::diffusion::expression_adapter::ExpressionAdapter;
 use crate::diffusion::id_encoder::{IdEncoder, IdEncoderConfig};
 use crate::diffusion::lora::{LoraDeltas, UNetLayout};
 use crate::diffusion::noise::{self, TorchGenerator};
 use crate::diffusion::schedulers::{NoiseSchedule, Scheduler, SchedulerConfig};
-use crate::diffusion::unet::{Conditioning, UNet, UNetConfig};
+use crate::diffusion::unet::{Conditioning, ExpressionTokens, UNet, UNetConfig};
 use crate::diffusion::vae::{self, Vae, VaeConfig};
 use crate::models::weights::{SafetensorsFile, Weights};
 use crate::models::{self, ModelError, ModelFile, ModelsDir, first_line};
 pub use runtime::{DeviceChoice, Precision, Runtime, RuntimeSpec};
-pub use spec::{FaceRef, GenerationSpec, IdentitySource, ImageMetadata, LoadedFile, LoraSpec, PoseSpec, PoseTarget};
+pub use spec::{ExpressionSpec, FaceRef, GenerationSpec, IdentitySource, ImageMetadata, LoadedFile, LoraSpec, PoseSpec, PoseTarget};
 
 /// The largest image side we accept: attention memory grows with the fourth power of the side.
 pub const MAX_SIZE: usize = 1024;
@@ -146,6 +147,8 @@ struct ModelInputs {
     context: Tensor,
     /// The pose ControlNet's image, when the job has a pose.
     control_image: Option<Tensor>,
+    /// The Expression Adapter's tokens, when the job has an expression.
+    expression_tokens: Option<Tensor>,
 }
 
 /// The loaded Arc2Face models.
@@ -162,6 +165,8 @@ pub struct Arc2FacePipeline {
     vae_config: VaeConfig,
     /// Loaded with the first job that asks for a pose.
     controlnet: Option<ControlNet>,
+    /// Loaded (and attached to the UNet) with the first job that asks for an expression.
+    expression_adapter: Option<ExpressionAdapter>,
     schedule: NoiseSchedule,
     runtime: Runtime,
     models: ModelsDir,
@@ -171,6 +176,8 @@ pub struct Arc2FacePipeline {
     lora_files: Vec<LoadedFile>,
     /// The ControlNet's files, once it is loaded.
     controlnet_files: Vec<LoadedFile>,
+    /// The Expression Adapter's file, once it is loaded.
+    adapter_files: Vec<LoadedFile>,
 }
 
 impl Arc2FacePipeline {
@@ -238,12 +245,14 @@ impl Arc2FacePipeline {
             vae,
             vae_config,
             controlnet: None,
+            expression_adapter: None,
             schedule,
             runtime: runtime.clone(),
             models: models.clone(),
             files,
             lora_files: Vec::new(),
             controlnet_files: Vec::new(),
+            adapter_files: Vec::new(),
         })
     }
 
@@ -253,9 +262,20 @@ impl Arc2FacePipeline {
         if spec.pose.is_some() && self.controlnet.is_none() {
             self.controlnet = Some(self.load_controlnet()?);
         }
-        if spec.loras == self.unet_loras && self.unet.is_some() {
-            return Ok(());
+        if spec.loras != self.unet_loras || self.unet.is_none() {
+            self.rebuild_unet(spec)?;
         }
+        if spec.expression.is_some() && self.expression_adapter.is_none() {
+            let adapter = self.load_expression_adapter()?;
+            self.attach_expression_adapter(&adapter)?;
+            self.expression_adapter = Some(adapter);
+        }
+        Ok(())
+    }
+
+    /// Builds the UNet again from its file with the LoRAs `spec` asks for (and the Expression
+    /// Adapter attached again, if it is loaded).
+    fn rebuild_unet(&mut self, spec: &GenerationSpec) -> Result<(), EngineError> {
         let mut deltas = LoraDeltas::default();
         let unet_path = self.models.existing(models::UNET_WEIGHTS)?;
         let header = SafetensorsFile::open(&unet_path).map_err(|e| ModelError::invalid(&unet_path, e))?;
@@ -277,6 +297,10 @@ impl Arc2FacePipeline {
         self.unet = Some(load_unet(&unet_path, &self.unet_config, deltas, &self.runtime)?);
         self.unet_loras = spec.loras.clone();
         self.lora_files = lora_files;
+        if let Some(adapter) = self.expression_adapter.take() {
+            self.attach_expression_adapter(&adapter)?;
+            self.expression_adapter = Some(adapter);
+        }
         Ok(())
     }
 
@@ -308,6 +332,32 @@ impl Arc2FacePipeline {
             })
             .collect();
         Ok(controlnet)
+    }
+
+    /// The Expression Adapter from the models folder: its projection and its per-layer
+    /// attention weights, checked against the UNet.
+    fn load_expression_adapter(&mut self) -> Result<ExpressionAdapter, EngineError> {
+        let path = self.models.existing(models::EXPRESSION_ADAPTER)?;
+        let read = |key: &str| -> Result<std::collections::HashMap<String, Tensor>, ModelError> {
+            let tensors = candle_core::pickle::read_all_with_key(&path, Some(key)).map_err(|e| ModelError::invalid(&path, e))?;
+            tensors
+                .into_iter()
+                .map(|(name, t)| Ok((name, t.to_dtype(self.runtime.dtype)?.to_device(&self.runtime.device)?)))
+                .collect::<candle_core::Result<_>>()
+                .map_err(|e| ModelError::invalid(&path, e))
+        };
+        let (image_proj, ip_adapter) = (read("image_proj")?, read("ip_adapter")?);
+        let Some(unet) = &mut self.unet else { return Err(EngineError::Compute("the UNet is not loaded".into())) };
+        let adapter = ExpressionAdapter::new(&image_proj, &ip_adapter, unet.cross_attention_layers())
+            .map_err(|e| ModelError::invalid(&path, format!("not an Expression Adapter for this UNet: {e}")))?;
+        let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        self.adapter_files = vec![LoadedFile { path: models::EXPRESSION_ADAPTER.relative_path.into(), bytes }];
+        Ok(adapter)
+    }
+
+    fn attach_expression_adapter(&mut self, adapter: &ExpressionAdapter) -> Result<(), EngineError> {
+        let Some(unet) = &mut self.unet else { return Err(EngineError::Compute("the UNet is not loaded".into())) };
+        Ok(unet.attach_expression_adapter(adapter.layers.clone())?)
     }
 
     /// Where a LoRA file is: relative paths are in the models folder (a missing one there is
@@ -363,7 +413,8 @@ impl Arc2FacePipeline {
     /// ControlNet for a pose.
     pub fn files_for(&self, spec: &GenerationSpec) -> Vec<LoadedFile> {
         let controlnet = spec.pose.is_some().then_some(&self.controlnet_files).into_iter().flatten();
-        self.files.iter().chain(&self.lora_files).chain(controlnet).cloned().collect()
+        let adapter = spec.expression.is_some().then_some(&self.adapter_files).into_iter().flatten();
+        self.files.iter().chain(&self.lora_files).chain(controlnet).chain(adapter).cloned().collect()
     }
 
     /// The shape of one image's latents at `size` pixels.
@@ -479,6 +530,7 @@ impl Arc2FacePipeline {
             };
             let inputs = ModelInputs {
                 control_image: self.control_image(&spec, job.pose_image.as_ref(), context.dim(0)?)?,
+                expression_tokens: self.expression_tokens(&spec, context.dim(0)?)?,
                 context: context.clone(),
             };
             let Some(latents) = self.denoise(&inputs, initial, index, &spec, generator.as_mut(), on_step)? else {
@@ -505,6 +557,16 @@ impl Arc2FacePipeline {
         let pixels = Tensor::from_vec(image.as_raw().clone(), (height, width, 3), &self.runtime.device)?;
         let tensor = (pixels.permute((2, 0, 1))?.to_dtype(DType::F32)? / 255.0)?.unsqueeze(0)?;
         Ok(Some(tensor.repeat((batch, 1, 1, 1))?.to_dtype(self.runtime.dtype)?))
+    }
+
+    /// The Expression Adapter's tokens for an image of `spec`: under guidance, the unconditional
+    /// half's for an all-zero expression (which are not zero: the projection has biases) and the
+    /// conditional half's for the expression.
+    fn expression_tokens(&self, spec: &GenerationSpec, batch: usize) -> Result<Option<Tensor>, EngineError> {
+        let (Some(expression), Some(adapter)) = (&spec.expression, &self.expression_adapter) else { return Ok(None) };
+        let values = Tensor::new(&expression.expression.values()[..], &self.runtime.device)?.unsqueeze(0)?;
+        let values = if batch == 2 { Tensor::cat(&[&values.zeros_like()?, &values], 0)? } else { values };
+        Ok(Some(adapter.tokens(&values.to_dtype(self.runtime.dtype)?)?))
     }
 
     /// What image `index` of `count` records about itself.
@@ -565,7 +627,11 @@ impl Arc2FacePipeline {
                 }
                 _ => None,
             };
-            let conditioning = Conditioning { context, control: control.as_ref() };
+            let expression = match (&spec.expression, &inputs.expression_tokens) {
+                (Some(expression), Some(tokens)) => Some(ExpressionTokens { tokens, scale: expression.scale }),
+                _ => None,
+            };
+            let conditioning = Conditioning { context, control: control.as_ref(), expression };
             let eps = unet.forward(&model_input, timestep, &conditioning)?.to_dtype(DType::F32)?;
             let eps = if guided {
                 let (unconditional, conditional) = (eps.get(0)?, eps.get(1)?);

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::runtime::RuntimeSpec;
 use crate::diffusion::schedulers::Sampler;
+use crate::expression::Expression;
 use crate::models;
 
 /// The version of [`ImageMetadata`]'s layout; version 1 (app 0.1.0) was flat, without `spec`.
@@ -38,6 +39,8 @@ pub struct GenerationSpec {
     pub loras: Vec<LoraSpec>,
     /// A target head pose through the pose ControlNet.
     pub pose: Option<PoseSpec>,
+    /// A target expression through the Expression Adapter.
+    pub expression: Option<ExpressionSpec>,
     /// Where the job runs and in which precision. Recorded with each image; restoring an image
     /// never changes it (see [`GenerationSpec::restored`]).
     pub runtime: RuntimeSpec,
@@ -55,6 +58,7 @@ impl Default for GenerationSpec {
             sampler: Sampler::default(),
             loras: Vec::new(),
             pose: None,
+            expression: None,
             runtime: RuntimeSpec::default(),
         }
     }
@@ -153,6 +157,20 @@ impl PoseSpec {
     pub fn active_at(&self, step: usize, steps: usize) -> bool {
         let (start, end) = (step as f64 / steps as f64, (step + 1) as f64 / steps as f64);
         !(start < self.control_start || end > self.control_end)
+    }
+}
+
+/// A target expression and how much the Expression Adapter's attention counts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ExpressionSpec {
+    pub expression: Expression,
+    pub scale: f64,
+}
+
+impl Default for ExpressionSpec {
+    fn default() -> Self {
+        Self { expression: Expression::default(), scale: 1.0 }
     }
 }
 

@@ -97,14 +97,14 @@ impl From<MetadataV1> for ImageMetadata {
 #[derive(Deserialize)]
 #[serde(untagged)]
 pub(crate) enum StoredMetadata {
-    Current(ImageMetadata),
+    Current(Box<ImageMetadata>),
     V1(MetadataV1),
 }
 
 impl From<StoredMetadata> for ImageMetadata {
     fn from(stored: StoredMetadata) -> Self {
         match stored {
-            StoredMetadata::Current(metadata) => metadata,
+            StoredMetadata::Current(metadata) => *metadata,
             StoredMetadata::V1(old) => old.into(),
         }
     }
