@@ -93,7 +93,7 @@ fn unet_forward_matches_diffusers() {
     let sample = reference("unet_sample.npy");
     let context = reference("unet_encoder_hidden_states.npy");
     for t in [999, 500] {
-        let out = unet.forward(&sample, t as f64, &Conditioning { context: &context }).unwrap();
+        let out = unet.forward(&sample, t as f64, &Conditioning::context(&context)).unwrap();
         assert_close(&format!("UNet at t={t}"), &out, &reference(&format!("unet_out_t{t}.npy")), 1e-5);
     }
 }
