@@ -79,6 +79,14 @@ impl Expression {
         values
     }
 
+    /// This expression with the coefficients drawn anew (from `seed`) as real faces spread them:
+    /// normal, with a wider spread for the leading ones, within ±3; jaw and eyelids kept.
+    pub fn randomized(&self, seed: u64) -> Expression {
+        let normals = crate::diffusion::noise::TorchGenerator::new(seed).randn(COEFFICIENTS).unwrap_or_default();
+        let expression = normals.iter().enumerate().map(|(i, n)| (n * if i < 10 { 1.0 } else { 0.5 }).clamp(-3.0, 3.0)).collect();
+        Expression { expression, ..self.clone() }
+    }
+
     /// The expression `t` of the way from this one to `other` (0 is this one, 1 the other).
     pub fn lerp(&self, other: &Expression, t: f32) -> Expression {
         let (a, b) = (self.values(), other.values());

@@ -213,6 +213,45 @@ fn fast_mode_and_loras_go_into_the_job() {
     assert_eq!(spec.loras.len(), 1, "the dropped LoRA stays");
 }
 
+/// An expression set in the panel goes into the job (with its strength), each image records
+/// it, and dropping that image back in restores it into the panel.
+#[test]
+fn an_expression_is_generated_recorded_and_restored() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut harness = harness(common::generation_and_face_models(dir.path()), dir.path().join("gallery"));
+    drop_photo(&mut harness, photo("astronaut.jpg"));
+    run_until(&mut harness, "faces", |app| app.state.photo.is_some());
+    harness.get_by_label("Use this expression").click();
+    harness.get_by_label("Mouth open").click();
+    harness.run();
+    {
+        let settings = &mut harness.state_mut().state.settings;
+        (settings.spec.num_images, settings.spec.steps) = (1, 2);
+        settings.spec.expression.as_mut().unwrap().scale = 0.7;
+    }
+    harness.get_by_label("Generate").click();
+    harness.step();
+    let request = harness.state().state.running.as_ref().map(|r| r.request.clone()).expect("a job runs");
+    let expression = request.spec.expression.clone().expect("the job has the expression");
+    assert_eq!((expression.expression.jaw_open, expression.scale), (0.35, 0.7));
+    run_until(&mut harness, "the image", |app| app.state.running.is_none() && app.state.gallery.entries.len() == 1);
+    assert!(notices(harness.state()).is_empty(), "{:?}", notices(harness.state()));
+    let entry = harness.state().state.gallery.entries[0].clone();
+    assert_eq!(entry.metadata.spec.expression, Some(expression.clone()));
+
+    {
+        let settings = &mut harness.state_mut().state.settings;
+        settings.use_expression = false;
+        settings.spec.expression.as_mut().unwrap().expression = Default::default();
+    }
+    let png = harness.state().state.gallery.dir.clone().unwrap().join(&entry.file_name);
+    drop_photo(&mut harness, png);
+    run_until(&mut harness, "the photo reopened", |app| app.state.analyzing.is_none());
+    let settings = &harness.state().state.settings;
+    assert!(settings.use_expression, "restoring switches the expression on");
+    assert_eq!(settings.spec.expression, Some(expression));
+}
+
 /// The embedding and index of the face selected on the photo shown.
 fn selected_face(harness: &Harness<'_, StudioApp>) -> (Vec<f32>, usize) {
     let photo = harness.state().state.photo.as_ref().expect("a photo is shown");

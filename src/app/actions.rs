@@ -8,7 +8,7 @@ use super::StudioApp;
 use super::gallery_thread::Request as GalleryRequest;
 use super::models_task::{self, ModelsTask};
 use super::state::*;
-use crate::engine::{FaceRef, GenerationSpec, IdentitySource, ImageMetadata};
+use crate::engine::{FaceRef, GenerationSpec, IdentitySource, ImageMetadata, Sweep};
 use crate::gallery::history::SortOrder;
 use crate::models::ModelsDir;
 use crate::worker::{Command, GenerationRequest};
@@ -51,6 +51,12 @@ pub enum JobAction {
     NewSeed,
     AddLora(PathBuf),
     BrowseLora,
+    RandomExpression,
+    /// Queue a sweep: the settings' images from the sweep start to the panels' pose or
+    /// expression, one seed.
+    GenerateSweep(SweepKind),
+    /// Remember the panels' pose or expression as a sweep's start.
+    SetSweepStart(SweepKind),
 }
 
 #[derive(Debug, Clone)]
@@ -153,9 +159,7 @@ impl StudioApp {
     /// photos its identity came from, when they are recent photos.
     fn restore_from(&mut self, path: &std::path::Path, metadata: &ImageMetadata) {
         let state = &mut self.state;
-        let spec = GenerationSpec::restored(&metadata.spec, state.settings.spec.runtime);
-        state.settings.seed_locked = spec.seed.is_some();
-        state.settings.spec = GenerationSpec { seed: spec.seed.or(state.settings.spec.seed), ..spec };
+        state.settings.restore(&metadata.spec);
         let seed = metadata.spec.seed.map_or("none".into(), |s| s.to_string());
         let mut text = format!(
             "Settings restored from {}: seed {seed}, {} steps, guidance {:.1}",
@@ -194,7 +198,7 @@ impl StudioApp {
     fn apply_job(&mut self, action: JobAction) {
         let state = &mut self.state;
         match action {
-            JobAction::Generate => self.queue_generation(),
+            JobAction::Generate => self.queue_job(None),
             JobAction::CancelRunning => {
                 if let Some(running) = &mut state.running {
                     running.cancelling = true;
@@ -225,6 +229,16 @@ impl StudioApp {
                     state.settings.spec.loras.push(crate::engine::LoraSpec { file, scale: 1.0 });
                 }
             }
+            JobAction::RandomExpression => {
+                if let Some(target) = &mut state.settings.spec.expression {
+                    target.expression = target.expression.randomized(crate::engine::random_seed());
+                }
+            }
+            JobAction::SetSweepStart(kind) => state.sweep_start.set(kind, &state.settings.spec),
+            JobAction::GenerateSweep(kind) => {
+                let sweep = state.sweep_start.sweep(kind);
+                self.queue_job(sweep);
+            }
             JobAction::BrowseLora => {
                 if let Some(path) = rfd::FileDialog::new().add_filter("LoRA", &["safetensors"]).pick_file() {
                     self.apply_job(JobAction::AddLora(path));
@@ -233,7 +247,8 @@ impl StudioApp {
         }
     }
 
-    fn queue_generation(&mut self) {
+    /// Queues the settings' job (a sweep when given) for the selected face.
+    fn queue_job(&mut self, sweep: Option<Sweep>) {
         let state = &mut self.state;
         let Some(photo) = &state.photo else {
             notify_error(state, "Open a photo with a face first".into());
@@ -250,6 +265,15 @@ impl StudioApp {
         if !state.settings.seed_locked || state.settings.spec.seed.is_none() {
             state.settings.spec.seed = Some(crate::engine::random_seed());
         }
+        // A sweep of expressions runs with the panel's expression even while it is switched off.
+        let mut sweep_spec = state.settings.job_spec();
+        if let Some(Sweep::Expression { .. }) = &sweep {
+            sweep_spec.expression = state.settings.spec.expression.clone();
+        }
+        if sweep.is_some() {
+            sweep_spec.num_images = sweep_spec.num_images.max(2);
+        }
+        sweep_spec.sweep = sweep;
         let selected = FaceRef { photo: crate::file_name(&photo.path), face: face_index };
         let mut embeddings: Vec<Vec<f32>> = state.kept_faces.iter().map(|kept| kept.embedding.clone()).collect();
         let mut faces: Vec<FaceRef> = state.kept_faces.iter().map(|kept| kept.face.clone()).collect();
@@ -259,7 +283,7 @@ impl StudioApp {
         }
         let request = GenerationRequest {
             job_id: state.next_job_id,
-            spec: GenerationSpec { identity: IdentitySource::Faces { faces }, ..state.settings.spec.clone() },
+            spec: GenerationSpec { identity: IdentitySource::Faces { faces }, ..sweep_spec },
             identity: crate::face::mean_identity(&embeddings),
             gallery_dir,
         };

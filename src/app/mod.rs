@@ -112,6 +112,7 @@ impl StudioApp {
                 pending_faces: VecDeque::new(),
                 runtime_in_use: None,
                 kept_faces: Vec::new(),
+                sweep_start: SweepStarts::default(),
                 queue: VecDeque::new(),
                 running: None,
                 next_job_id: 1,

@@ -8,7 +8,8 @@ use egui::TextureHandle;
 use serde::{Deserialize, Serialize};
 
 use super::models_task::ModelsState;
-use crate::engine::{FaceRef, GenerationSpec};
+use crate::engine::{ExpressionSpec, FaceRef, GenerationSpec, Sweep};
+use crate::expression::Expression;
 use crate::face::Face;
 use crate::gallery::history::{GalleryEntry, Removed, SortOrder};
 use crate::worker::GenerationRequest;
@@ -19,7 +20,13 @@ use crate::worker::GenerationRequest;
 #[serde(default)]
 pub struct Settings {
     /// The next job's settings; Generate fills in the identity (and a new seed unless locked).
+    /// Its pose and expression are kept while switched off (`use_pose`, `use_expression`).
     pub spec: GenerationSpec,
+    /// Whether the next job has the pose / the expression set in the panels.
+    pub use_pose: bool,
+    pub use_expression: bool,
+    /// One slider moves both eyelids.
+    pub eyelids_linked: bool,
     /// Keep the seed for the next generation instead of drawing a new one.
     pub seed_locked: bool,
     pub models_dir: Option<PathBuf>,
@@ -31,7 +38,10 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            spec: GenerationSpec { seed: Some(0), ..Default::default() },
+            spec: GenerationSpec { seed: Some(0), expression: Some(ExpressionSpec::default()), ..Default::default() },
+            use_pose: false,
+            use_expression: false,
+            eyelids_linked: true,
             seed_locked: false,
             models_dir: None,
             recent_photos: Vec::new(),
@@ -41,6 +51,33 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// The spec of the next job: the pose and expression only when switched on.
+    pub fn job_spec(&self) -> GenerationSpec {
+        let mut spec = self.spec.clone();
+        if !self.use_pose {
+            spec.pose = None;
+        }
+        if !self.use_expression {
+            spec.expression = None;
+        }
+        spec
+    }
+
+    /// Takes `spec` (from an image) as the next job's settings, keeping where jobs run, and the
+    /// panels' pose and expression when it has none.
+    pub fn restore(&mut self, spec: &GenerationSpec) {
+        let restored = GenerationSpec::restored(spec, self.spec.runtime);
+        self.use_pose = restored.pose.is_some();
+        self.use_expression = restored.expression.is_some();
+        self.seed_locked = restored.seed.is_some();
+        self.spec = GenerationSpec {
+            seed: restored.seed.or(self.spec.seed),
+            pose: restored.pose.clone().or(self.spec.pose.clone()),
+            expression: restored.expression.clone().or(self.spec.expression.clone()),
+            ..restored
+        };
+    }
+
     /// Switches fast mode on (sampler, LCM-LoRA, steps and guidance together) or off (back to
     /// what they were, keeping every other change).
     pub fn set_fast(&mut self, on: bool) {
@@ -57,6 +94,35 @@ impl Settings {
 }
 
 pub const MAX_RECENT_PHOTOS: usize = 8;
+
+/// What a sweep varies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SweepKind {
+    Expression,
+}
+
+/// Where the next sweep of each kind starts (it ends at the panels' current value).
+#[derive(Debug, Clone, Default)]
+pub struct SweepStarts {
+    /// Neutral when not set.
+    pub expression: Option<Expression>,
+}
+
+impl SweepStarts {
+    /// Remembers the spec's current value of `kind` as a sweep's start.
+    pub fn set(&mut self, kind: SweepKind, spec: &GenerationSpec) {
+        match kind {
+            SweepKind::Expression => self.expression = spec.expression.as_ref().map(|e| e.expression.clone()),
+        }
+    }
+
+    /// The sweep of `kind` from its start.
+    pub fn sweep(&self, kind: SweepKind) -> Option<Sweep> {
+        match kind {
+            SweepKind::Expression => Some(Sweep::Expression { from: self.expression.clone().unwrap_or_default() }),
+        }
+    }
+}
 
 /// The photo being worked on.
 pub struct PhotoState {
@@ -159,6 +225,7 @@ pub struct AppState {
     /// Photos to open and faces to select, in turn, to restore an image's identity.
     pub pending_faces: VecDeque<(PathBuf, usize)>,
     pub kept_faces: Vec<KeptFace>,
+    pub sweep_start: SweepStarts,
     pub queue: VecDeque<GenerationRequest>,
     pub running: Option<RunningJob>,
     pub next_job_id: u64,

@@ -21,7 +21,7 @@ use crate::diffusion::vae::{self, Vae, VaeConfig};
 use crate::models::weights::{SafetensorsFile, Weights};
 use crate::models::{self, ModelError, ModelFile, ModelsDir, first_line};
 pub use runtime::{DeviceChoice, Precision, Runtime, RuntimeSpec};
-pub use spec::{ExpressionSpec, FaceRef, GenerationSpec, IdentitySource, ImageMetadata, LoadedFile, LoraSpec, PoseSpec, PoseTarget};
+pub use spec::{ExpressionSpec, FaceRef, GenerationSpec, IdentitySource, ImageMetadata, LoadedFile, LoraSpec, PoseSpec, PoseTarget, Sweep};
 
 /// The largest image side we accept: attention memory grows with the fourth power of the side.
 pub const MAX_SIZE: usize = 1024;

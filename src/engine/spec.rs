@@ -41,6 +41,9 @@ pub struct GenerationSpec {
     pub pose: Option<PoseSpec>,
     /// A target expression through the Expression Adapter.
     pub expression: Option<ExpressionSpec>,
+    /// One seed across the images, the pose or the expression going from the sweep's start to
+    /// the spec's own.
+    pub sweep: Option<Sweep>,
     /// Where the job runs and in which precision. Recorded with each image; restoring an image
     /// never changes it (see [`GenerationSpec::restored`]).
     pub runtime: RuntimeSpec,
@@ -59,16 +62,28 @@ impl Default for GenerationSpec {
             loras: Vec::new(),
             pose: None,
             expression: None,
+            sweep: None,
             runtime: RuntimeSpec::default(),
         }
     }
 }
 
 impl GenerationSpec {
-    /// The settings of image `index` of this job on their own: one image, its own seed. Each
-    /// image's metadata holds this, so that restoring it makes that very image again.
+    /// The settings of image `index` of this job on their own: one image, its own seed (the
+    /// job's seed for every image of a sweep, and its place on the sweep). Each image's metadata
+    /// holds this, so that restoring it makes that very image again.
     pub fn image(&self, index: usize) -> GenerationSpec {
-        GenerationSpec { num_images: 1, seed: self.seed.map(|seed| seed.wrapping_add(index as u64)), ..self.clone() }
+        let mut image = GenerationSpec { num_images: 1, sweep: None, ..self.clone() };
+        let t = if self.num_images > 1 { index as f32 / (self.num_images - 1) as f32 } else { 1.0 };
+        match &self.sweep {
+            None => image.seed = self.seed.map(|seed| seed.wrapping_add(index as u64)),
+            Some(Sweep::Expression { from }) => {
+                if let Some(target) = &mut image.expression {
+                    target.expression = from.lerp(&target.expression, t);
+                }
+            }
+        }
+        image
     }
 
     /// Fast mode: the models folder's LCM-LoRA, the LCM sampler, 4 steps and no guidance (LCM
@@ -172,6 +187,14 @@ impl Default for ExpressionSpec {
     fn default() -> Self {
         Self { expression: Expression::default(), scale: 1.0 }
     }
+}
+
+/// What a sweep varies from image to image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sweep {
+    /// From this expression to the spec's.
+    Expression { from: Expression },
 }
 
 /// What the pose ControlNet is shown.

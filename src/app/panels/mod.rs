@@ -1,6 +1,7 @@
 //! The panels: small functions that read the state and return the user's actions, one module
 //! per part of the window.
 
+mod expression;
 mod gallery;
 mod models;
 mod photo;
@@ -9,7 +10,7 @@ mod settings;
 use egui::{Color32, Ui};
 
 use super::state::*;
-use super::{Action, ModelsAction, PhotoAction};
+use super::{Action, JobAction, ModelsAction, PhotoAction};
 
 /// The whole window.
 pub fn show(ui: &mut Ui, state: &AppState) -> Vec<Action> {
@@ -26,6 +27,18 @@ pub fn show(ui: &mut Ui, state: &AppState) -> Vec<Action> {
         settings::queue(ui, state, &mut actions);
         ui.separator();
         egui::ScrollArea::vertical().show(ui, |ui| photo::photo(ui, state, &mut actions));
+    });
+    egui::Panel::right("controls").resizable(true).default_size(330.0).show(ui, |ui| {
+        egui::ScrollArea::vertical().show(ui, |ui| {
+            // The panels edit a copy of the settings; a changed copy comes back as one action.
+            let mut settings = state.settings.clone();
+            egui::CollapsingHeader::new("Expression")
+                .default_open(true)
+                .show(ui, |ui| expression::expression(ui, state, &mut settings, &mut actions));
+            if settings != state.settings {
+                actions.push(Action::UpdateSettings(Box::new(settings)));
+            }
+        });
     });
     egui::CentralPanel::default().show(ui, |ui| gallery::central(ui, state, &mut actions));
     if state.models.window_open {
@@ -46,6 +59,22 @@ pub(super) fn short_duration(seconds: f64) -> String {
         60..3600 => format!("{} min {} s", s / 60, s % 60),
         _ => format!("{} h {} min", s / 3600, s % 3600 / 60),
     }
+}
+
+/// A sweep's controls: remember the current value as the start, and queue the sweep from it to
+/// the current value, one seed across the settings' number of images.
+fn sweep_row(ui: &mut Ui, state: &AppState, kind: SweepKind, actions: &mut Vec<Action>) {
+    ui.horizontal(|ui| {
+        if ui.button("Sweep from here").on_hover_text("Remember this as the start of a sweep").clicked() {
+            actions.push(JobAction::SetSweepStart(kind).into());
+        }
+        let images = state.settings.spec.num_images.max(2);
+        let can_generate = state.photo.as_ref().is_some_and(|p| p.selected_face.is_some());
+        let hint = "One seed, the settings' number of images, from the remembered start to what is set now";
+        if ui.add_enabled(can_generate, egui::Button::new(format!("Sweep to here ({images} images)"))).on_hover_text(hint).clicked() {
+            actions.push(JobAction::GenerateSweep(kind).into());
+        }
+    });
 }
 
 /// "3 model files missing (about 4.2 GB), needed for generation and face analysis."
