@@ -319,8 +319,17 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     let mut final_latents = Vec::new();
     let mut stdout = std::io::stdout().lock();
     let interactive = std::io::stderr().is_terminal();
-    let mut image_started = Instant::now();
+    // Timings: the first step's latency, and the denoising rate (steps over the time from each
+    // image's start to its last step, so decoding and writing are left out).
+    let run_started = Instant::now();
+    let image_started = std::cell::Cell::new(run_started);
+    let (first_step, steps_done, denoising) = (std::cell::Cell::new(None), std::cell::Cell::new(0usize), std::cell::Cell::new(0f64));
     let mut on_step = |p: &StepProgress| {
+        first_step.set(first_step.get().or(Some(run_started.elapsed())));
+        steps_done.set(steps_done.get() + 1);
+        if p.step == p.steps {
+            denoising.set(denoising.get() + image_started.get().elapsed().as_secs_f64());
+        }
         if interactive {
             eprint!("\rimage {}/{num_images}: step {}/{}", p.image_index + 1, p.step, p.steps);
         }
@@ -333,8 +342,8 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         if interactive {
             eprintln!();
         }
-        eprintln!("image {}/{num_images} done in {:.1}s", generated.index + 1, image_started.elapsed().as_secs_f64());
-        image_started = Instant::now();
+        eprintln!("image {}/{num_images} done in {:.1}s", generated.index + 1, image_started.get().elapsed().as_secs_f64());
+        image_started.set(Instant::now());
         let _ = writeln!(stdout, "{}", path.display());
         final_latents.push(generated.latents);
         Ok(())
@@ -349,6 +358,10 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
 
     if let Some(path) = &args.latents_out {
         Tensor::cat(&final_latents, 0)?.write_npy(path).with_context(|| format!("could not write {}", path.display()))?;
+    }
+    if let Some(first) = first_step.get() {
+        let rate = steps_done.get() as f64 / denoising.get().max(1e-9);
+        eprintln!("first step after {:.3}s; {} steps at {rate:.2} it/s (denoising alone)", first.as_secs_f64(), steps_done.get());
     }
     eprintln!("finished in {:.1}s", started.elapsed().as_secs_f64());
     Ok(())
