@@ -114,6 +114,8 @@ fn metadata(seed: u64) -> ImageMetadata {
         spec,
         index: 0,
         count: 1,
+        job: 0,
+        sweep: None,
         width: 512,
         height: 512,
         ran_on: "CPU, f32".into(),

@@ -24,6 +24,8 @@ fn meta(seed: Option<u64>) -> ImageMetadata {
         },
         index: 0,
         count: 1,
+        job: 0,
+        sweep: None,
         width: 8,
         height: 8,
         ran_on: "CPU, f32".into(),
@@ -214,6 +216,26 @@ fn export_never_overwrites_and_keeps_the_metadata() {
     let again = gallery.export(&[1], &dest).unwrap();
     assert_eq!(again, [dest.join("arc2face-seed1-3.png")]);
     assert_eq!(std::fs::read_dir(&dest).unwrap().count(), 4);
+}
+
+#[test]
+fn a_contact_sheet_has_the_images_in_the_order_asked_and_never_overwrites() {
+    let root = tempfile::tempdir().unwrap();
+    let gallery = three(root.path());
+    let dest = root.path().join("sheet.png");
+    std::fs::write(&dest, b"someone else's file").unwrap();
+
+    let written = gallery.contact_sheet(&[3, 1], &dest).unwrap();
+    assert_eq!(written, root.path().join("sheet-2.png"));
+    assert_eq!(std::fs::read(&dest).unwrap(), b"someone else's file");
+    let sheet = image::open(&written).unwrap().to_rgb8();
+    let side = image(0).width();
+    assert_eq!((sheet.width(), sheet.height()), (2 * side + 3 * 8, side + 2 * 8));
+    let first = gallery.entries().iter().find(|e| e.id == 3).unwrap();
+    let first = image::open(root.path().join(&first.file_name)).unwrap().to_rgb8();
+    assert_eq!(sheet.get_pixel(8, 8), first.get_pixel(0, 0), "image 3 comes first");
+    assert!(gallery.contact_sheet(&[1, 99], &dest).is_err(), "an unknown id fails the sheet");
+    assert!(!root.path().join("sheet-3.png").exists());
 }
 
 #[test]

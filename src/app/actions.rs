@@ -61,7 +61,11 @@ pub enum JobAction {
 
 #[derive(Debug, Clone)]
 pub enum GalleryAction {
-    Select { id: u64, extend: bool, toggle: bool },
+    Select {
+        id: u64,
+        extend: bool,
+        toggle: bool,
+    },
     SelectAll,
     ClearSelection,
     Open(Option<u64>),
@@ -71,6 +75,12 @@ pub enum GalleryAction {
     UndoDelete,
     BrowseExport,
     ExportTo(PathBuf),
+    /// Ask where to write a contact sheet of these images (a sweep, in sweep order).
+    BrowseContactSheet(Vec<u64>),
+    ContactSheetTo {
+        ids: Vec<u64>,
+        dest: PathBuf,
+    },
     SetSort(SortOrder),
 }
 
@@ -336,6 +346,13 @@ impl StudioApp {
                 None
             }
             GalleryAction::ExportTo(dest) => Some(GalleryRequest::Export { ids: gallery.selection.iter().copied().collect(), dest }),
+            GalleryAction::BrowseContactSheet(ids) => {
+                if let Some(dest) = rfd::FileDialog::new().set_file_name("sweep.png").add_filter("PNG", &["png"]).save_file() {
+                    self.apply_gallery(GalleryAction::ContactSheetTo { ids, dest });
+                }
+                None
+            }
+            GalleryAction::ContactSheetTo { ids, dest } => Some(GalleryRequest::ContactSheet { ids, dest }),
             GalleryAction::SetSort(order) => {
                 gallery.sort = order;
                 None

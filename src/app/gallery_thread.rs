@@ -29,6 +29,11 @@ pub enum Request {
         ids: Vec<u64>,
         dest: PathBuf,
     },
+    /// One PNG with the images `ids` side by side, in that order.
+    ContactSheet {
+        ids: Vec<u64>,
+        dest: PathBuf,
+    },
 }
 
 /// What the gallery thread reports; every change comes with the whole new list of entries.
@@ -55,6 +60,9 @@ pub enum Report {
     Exported {
         count: usize,
         dest: PathBuf,
+    },
+    SheetWritten {
+        path: PathBuf,
     },
     /// A request failed; nothing it would have changed did change. The adopted PNG (if any) is
     /// still in the folder, and the gallery finds it when it next opens.
@@ -145,6 +153,10 @@ fn handle(gallery: &mut Gallery, request: Request) -> Report {
         },
         Request::Export { ids, dest } => match gallery.export(&ids, &dest) {
             Ok(paths) => Report::Exported { count: paths.len(), dest },
+            Err(error) => failed(error, None),
+        },
+        Request::ContactSheet { ids, dest } => match gallery.contact_sheet(&ids, &dest) {
+            Ok(path) => Report::SheetWritten { path },
             Err(error) => failed(error, None),
         },
     }

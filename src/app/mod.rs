@@ -330,6 +330,9 @@ impl StudioApp {
                 GalleryReport::Exported { count, dest } => {
                     state.notices.push(Notice { text: format!("Exported {count} image(s) to {}", dest.display()), is_error: false });
                 }
+                GalleryReport::SheetWritten { path } => {
+                    state.notices.push(Notice { text: format!("Contact sheet written to {}", path.display()), is_error: false });
+                }
                 GalleryReport::Failed { message, path } => {
                     if let Some(path) = path {
                         self.pending_images.remove(&path);

@@ -518,6 +518,7 @@ impl Arc2FacePipeline {
         self.prepare(&job.spec)?;
         let size = self.size_of(&job.spec);
         let context = self.prompt_embeddings(&job.identity, job.spec.guidance)?;
+        let job_number = random_seed();
         for index in 0..job.spec.num_images {
             let spec = GenerationSpec { size: Some(size), ..job.spec.image(index) };
             // Image i's own generator: it draws the initial latents (unless they are given),
@@ -537,7 +538,8 @@ impl Arc2FacePipeline {
                 return Ok(JobOutcome::Cancelled);
             };
             let image = self.decode(&latents)?.remove(0);
-            let metadata = self.metadata(spec, index, job.spec.num_images);
+            let metadata =
+                ImageMetadata { job: job_number, sweep: job.spec.sweep.clone(), ..self.metadata(spec, index, job.spec.num_images) };
             on_image(GeneratedImage { index, image, latents, metadata })?;
         }
         Ok(JobOutcome::Completed)
@@ -578,6 +580,8 @@ impl Arc2FacePipeline {
             app_version: env!("CARGO_PKG_VERSION").into(),
             index,
             count,
+            job: 0,
+            sweep: None,
             width: size,
             height: size,
             ran_on: self.runtime.describe(),

@@ -118,6 +118,12 @@ pub struct ImageMetadata {
     /// Which image of its job it was, from 0, and how many the job made.
     pub index: usize,
     pub count: usize,
+    /// The job it came from (a random number, the same for all of its images).
+    #[serde(default)]
+    pub job: u64,
+    /// The job's sweep, when the job was one: its images belong together, in `index` order.
+    #[serde(default)]
+    pub sweep: Option<Sweep>,
     pub width: usize,
     pub height: usize,
     /// What it ran on, as [`super::Runtime::describe`] says it: "CPU, f32".

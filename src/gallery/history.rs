@@ -336,6 +336,28 @@ impl Gallery {
         Ok(exported)
     }
 
+    /// Writes the images `ids` (in that order) side by side as one PNG at `dest`, never
+    /// replacing a file: the next free name is taken.
+    pub fn contact_sheet(&self, ids: &[u64], dest: &Path) -> Result<PathBuf, GalleryError> {
+        let images = ids
+            .iter()
+            .map(|&id| {
+                let entry = self.position(id).map(|i| &self.entries[i]).map_err(|_| self.unknown(id))?;
+                let path = self.path(entry);
+                image::open(&path).map(|image| image.to_rgb8()).map_err(|e| io_error("read", &path)(io::Error::other(e)))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let sheet = super::sheet::contact_sheet(&images, 8);
+        let dir = dest.parent().unwrap_or(Path::new("."));
+        let temporary = dir.join(format!(".contact-sheet-{}.png.part", std::process::id()));
+        let written = sheet
+            .save_with_format(&temporary, image::ImageFormat::Png)
+            .map_err(io::Error::other)
+            .and_then(|()| metadata::link_under_free_name(&temporary, dir, &crate::file_name(dest)));
+        let _ = std::fs::remove_file(&temporary);
+        written.map_err(io_error("write the contact sheet", dest))
+    }
+
     /// Writes the new state as the index, atomically, and adopts it only once it is on disk.
     fn commit(&mut self, entries: Vec<GalleryEntry>, next_id: u64) -> Result<(), GalleryError> {
         let index = Index { version: INDEX_VERSION, next_id, entries };

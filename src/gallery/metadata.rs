@@ -83,6 +83,8 @@ impl From<MetadataV1> for ImageMetadata {
             },
             index: 0,
             count: 1,
+            job: 0,
+            sweep: None,
             width: old.width,
             height: old.height,
             ran_on: "unknown".into(),

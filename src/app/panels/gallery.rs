@@ -6,7 +6,7 @@ use egui::{Ui, Vec2};
 use super::super::state::*;
 use super::super::{Action, GalleryAction, JobAction};
 use super::short_duration;
-use crate::gallery::history::SortOrder;
+use crate::gallery::history::{GalleryEntry, SortOrder};
 
 /// The running job's live preview, or the gallery image opened large, or two side by side.
 pub(super) fn central(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
@@ -75,7 +75,7 @@ fn large_entry(ui: &mut Ui, state: &AppState, id: u64) {
     }
 }
 
-fn entry_caption(entry: &crate::gallery::history::GalleryEntry) -> String {
+fn entry_caption(entry: &GalleryEntry) -> String {
     let seed = entry.metadata.spec.seed.map_or("—".to_string(), |s| s.to_string());
     let matched = entry.metadata.identity_match.map_or(String::new(), |m| format!(" · match {m:.2}"));
     format!("seed {seed}{matched}")
@@ -112,30 +112,81 @@ pub(super) fn gallery(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) 
     });
     egui::ScrollArea::vertical().show(ui, |ui| {
         ui.horizontal_wrapped(|ui| {
-            for entry in gallery.sorted() {
-                let id = entry.id;
-                let is_selected = gallery.selection.contains(&id);
-                ui.vertical(|ui| {
-                    let response = match gallery.thumbnails.get(&id) {
-                        Some(texture) => ui.add(
-                            egui::Button::image(egui::Image::new(texture).fit_to_exact_size(Vec2::splat(128.0))).selected(is_selected),
-                        ),
-                        None => ui.add_sized([128.0, 128.0], egui::Button::new("loading").selected(is_selected)),
-                    };
-                    let response = response.on_hover_text("Click to select (Shift/Ctrl to extend), double-click to open");
-                    if response.double_clicked() {
-                        actions.push(GalleryAction::Open(Some(id)).into());
-                    } else if response.clicked() {
-                        let modifiers = ui.input(|i| i.modifiers);
-                        actions.push(GalleryAction::Select { id, extend: modifiers.shift, toggle: modifiers.command }.into());
-                    }
-                    ui.horizontal(|ui| {
-                        ui.label(entry_caption(entry));
-                        if ui.selectable_label(entry.favourite, "Fav").on_hover_text("Favourite").clicked() {
-                            actions.push(GalleryAction::ToggleFavourite(id).into());
-                        }
-                    });
-                });
+            for group in strip_groups(gallery.sorted()) {
+                match group.as_slice() {
+                    [entry] => tile(ui, state, entry, actions),
+                    sweep => sweep_group(ui, state, sweep, actions),
+                }
+            }
+        });
+    });
+}
+
+/// The strip's entries, each alone except a sweep's images, which stay together (in sweep
+/// order) wherever the sort put the first of them.
+fn strip_groups<'a>(entries: impl IntoIterator<Item = &'a GalleryEntry>) -> Vec<Vec<&'a GalleryEntry>> {
+    let mut groups: Vec<Vec<&GalleryEntry>> = Vec::new();
+    let mut sweep_groups: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
+    for entry in entries {
+        let job = entry.metadata.job;
+        if entry.metadata.sweep.is_some() && job != 0 {
+            if let Some(&at) = sweep_groups.get(&job) {
+                groups[at].push(entry);
+                continue;
+            }
+            sweep_groups.insert(job, groups.len());
+        }
+        groups.push(vec![entry]);
+    }
+    for group in &mut groups {
+        group.sort_by_key(|entry| entry.metadata.index);
+    }
+    groups
+}
+
+fn sweep_group(ui: &mut Ui, state: &AppState, sweep: &[&GalleryEntry], actions: &mut Vec<Action>) {
+    let kind = match sweep[0].metadata.sweep {
+        Some(crate::engine::Sweep::Expression { .. }) | None => "Expression sweep",
+    };
+    egui::Frame::group(ui.style()).show(ui, |ui| {
+        ui.vertical(|ui| {
+            ui.horizontal(|ui| {
+                ui.label(format!("{kind} · {} images", sweep.len()));
+                if ui.button("Contact sheet…").on_hover_text("Save the sweep side by side as one PNG").clicked() {
+                    actions.push(GalleryAction::BrowseContactSheet(sweep.iter().map(|e| e.id).collect()).into());
+                }
+            });
+            ui.horizontal(|ui| {
+                for entry in sweep {
+                    tile(ui, state, entry, actions);
+                }
+            });
+        });
+    });
+}
+
+fn tile(ui: &mut Ui, state: &AppState, entry: &GalleryEntry, actions: &mut Vec<Action>) {
+    let gallery = &state.gallery;
+    let id = entry.id;
+    let is_selected = gallery.selection.contains(&id);
+    ui.vertical(|ui| {
+        let response = match gallery.thumbnails.get(&id) {
+            Some(texture) => {
+                ui.add(egui::Button::image(egui::Image::new(texture).fit_to_exact_size(Vec2::splat(128.0))).selected(is_selected))
+            }
+            None => ui.add_sized([128.0, 128.0], egui::Button::new("loading").selected(is_selected)),
+        };
+        let response = response.on_hover_text("Click to select (Shift/Ctrl to extend), double-click to open");
+        if response.double_clicked() {
+            actions.push(GalleryAction::Open(Some(id)).into());
+        } else if response.clicked() {
+            let modifiers = ui.input(|i| i.modifiers);
+            actions.push(GalleryAction::Select { id, extend: modifiers.shift, toggle: modifiers.command }.into());
+        }
+        ui.horizontal(|ui| {
+            ui.label(entry_caption(entry));
+            if ui.selectable_label(entry.favourite, "Fav").on_hover_text("Favourite").clicked() {
+                actions.push(GalleryAction::ToggleFavourite(id).into());
             }
         });
     });
