@@ -10,6 +10,7 @@ pub mod expression;
 pub mod face;
 pub mod gallery;
 pub mod models;
+pub mod pose;
 pub mod worker;
 
 /// A path's last component, for messages and metadata (which never record folders).

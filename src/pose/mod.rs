@@ -135,7 +135,8 @@ pub const PRESETS: [(&str, HeadPose); 9] = [
 ];
 
 /// How much [`rotate_image`] magnifies a `width`×`height` image turned by `roll_degrees` so that
-/// the turned image still covers the whole frame (1/(|cos|+|sin|) of the side for a square).
+/// the turned image still covers the whole frame: |cos| + |sin| for a square (the frame then
+/// shows the central 1/(|cos| + |sin|) of the side).
 fn rotation_zoom(width: f64, height: f64, roll_degrees: f64) -> f64 {
     let (sin, cos) = roll_degrees.to_radians().sin_cos();
     let (sin, cos) = (sin.abs(), cos.abs());

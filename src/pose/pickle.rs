@@ -110,7 +110,7 @@ impl Value {
 /// Why a pickle could not be read.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PickleError {
-    #[error("not a pickle file (it does not start with a pickle protocol marker)")]
+    #[error("not a pickle of protocol 2 or later (FLAME model files are binary pickles)")]
     NotPickle,
     #[error("the file ends early, inside opcode {opcode} at byte {at} (truncated download?)")]
     Truncated { opcode: &'static str, at: usize },
@@ -234,10 +234,7 @@ impl<'a> Reader<'a> {
     /// A newline-terminated line (GLOBAL's module and name).
     fn line(&mut self) -> Result<String, PickleError> {
         let rest = &self.data[self.pos..];
-        let end = rest
-            .iter()
-            .position(|&c| c == b'\n')
-            .ok_or(PickleError::Truncated { opcode: "GLOBAL", at: self.opcode_at })?;
+        let end = rest.iter().position(|&c| c == b'\n').ok_or(PickleError::Truncated { opcode: "GLOBAL", at: self.opcode_at })?;
         self.pos += end + 1;
         Ok(rest[..end].iter().map(|&c| c as char).collect())
     }
@@ -301,7 +298,7 @@ pub fn parse(data: &[u8]) -> Result<Value, PickleError> {
                 pop!();
             }
             b'1' => {
-                pop_mark!();
+                let _ = pop_mark!();
             }
             b'2' => {
                 let v = top!().clone();
@@ -396,7 +393,9 @@ pub fn parse(data: &[u8]) -> Result<Value, PickleError> {
                         let mut dict = dict.borrow_mut();
                         for (k, v) in items {
                             // A later value for an existing text key replaces it, as in Python.
-                            match k.as_text().and_then(|key| dict.iter().position(|(old, _)| old.as_text().as_deref() == Some(key.as_str())))
+                            match k
+                                .as_text()
+                                .and_then(|key| dict.iter().position(|(old, _)| old.as_text().as_deref() == Some(key.as_str())))
                             {
                                 Some(i) => dict[i].1 = v,
                                 None => dict.push((k, v)),
@@ -483,7 +482,7 @@ pub fn parse(data: &[u8]) -> Result<Value, PickleError> {
 }
 
 fn pairs(items: Vec<Value>, r: &Reader) -> Result<Vec<(Value, Value)>, PickleError> {
-    if items.len() % 2 != 0 {
+    if !items.len().is_multiple_of(2) {
         return Err(r.damaged("odd number of dict items"));
     }
     let mut out = Vec::with_capacity(items.len() / 2);
