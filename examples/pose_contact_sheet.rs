@@ -3,7 +3,7 @@
 //!     cargo run --release --example pose_contact_sheet -- [--cell PX] OUT.png [FLAME.pkl [--landmarks SPEC]]
 //!
 //! One block per head (the built-in ICT head; beside it the FLAME model if given), cells of 256 px
-//! (`--cell`; assets/pose_contact_sheet.png uses 192 to stay small):
+//! (`--cell`; assets/pose_contact_sheet.png uses 180 to stay small):
 //! rows pitch +30, 0, −30 × columns yaw −60, −30, 0, 30, 60, a sixth column with that row's
 //! frontal pose rolled +15° (the finished image turned, as the engine does), and a last row with
 //! jaw 0, 0.5, 1 at yaw 0 and then at yaw 30. No text: read it by position.

@@ -2,7 +2,7 @@
 //! eye, nose tip, image-left and image-right mouth corner), so "the pose of this photo" can be
 //! carried over to generated images.
 //!
-//! Model: scaled orthographic projection of the head's own five points (eye centres, nose tip,
+//! Model: scaled orthographic projection of the head's own five points (eye landmarks, nose tip,
 //! mouth corners) — p = s · Rot(roll) · Π(R_y(yaw) · R_x(−pitch) · P) + t, where Π also applies
 //! the FFHQ crop the renderer applies (so roll is measured from FFHQ alignment, exactly as the
 //! engine applies it to the finished image). For given yaw and pitch the best scale, roll and

@@ -1,10 +1,17 @@
 //! Head meshes: the built-in ICT-FaceKit head (assets/head/README.md) or a FLAME model file, in
 //! one shape for the renderer and the pose fit — vertices in the head frame (see the module
 //! docs of [`crate::pose`]), triangles, the five landmarks, overlay outlines and a jaw.
+//!
+//! The eye landmarks differ between the two: the built-in head's are the means of its eyelid
+//! outlines (the eye-contour means FFHQ aligned on, near where SCRFD puts its eye keypoints),
+//! while a FLAME file has no eyelid landmarks, so a FLAME head's are its eyeball centres, about
+//! an eyeball radius further back.
 
 use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
 
 use super::FLAME_JAW_MAX_RAD;
 use super::flame::FlameModel;
@@ -27,7 +34,7 @@ pub struct Outline {
 #[derive(Debug, Clone, PartialEq)]
 pub struct FlameLandmarks {
     /// The vertices of each eyeball, image-left eye (the person's right, −x) first; an eye's
-    /// centre is the mean of its eyeball's vertices.
+    /// landmark is the mean of its eyeball's vertices (the eyeball centre).
     pub eyeballs: [Range<usize>; 2],
     pub nose_tip: usize,
     /// The two mouth corners, either order (they are sorted image-left first by x).
@@ -44,16 +51,10 @@ pub fn flame_landmarks() -> FlameLandmarks {
 pub const FLAME_VERTICES: usize = 5023;
 
 #[derive(Debug, Clone)]
-enum EyeCentre {
-    /// A fixed point (the ICT eyeball sphere centres; its jaw never moves the eyes).
-    Point([f32; 3]),
-    /// The mean of these vertices of the posed mesh.
-    Mean(Range<usize>),
-}
-
-#[derive(Debug, Clone)]
 struct Landmarks {
-    eyes: [EyeCentre; 2],
+    /// Each eye's landmark is the mean of these vertices of the posed mesh, image-left eye first:
+    /// the eyelid outline on the built-in head, the eyeball on a FLAME head.
+    eyes: [Vec<usize>; 2],
     nose_tip: usize,
     mouth: [usize; 2],
 }
@@ -62,7 +63,7 @@ struct Landmarks {
 enum Rig {
     /// Vertices + jaw · offsets.
     Blendshape { jaw_open: Vec<[f32; 3]> },
-    /// FLAME's skinning; `origin` (file frame) is subtracted to put the eyes' midpoint at 0.
+    /// FLAME's skinning; `origin` (file frame) is subtracted to put the eyeballs' midpoint at 0.
     Flame { model: Box<FlameModel>, origin: [f64; 3] },
 }
 
@@ -97,8 +98,8 @@ pub struct PosedHead {
     /// products (area-weighted), of this posed mesh.
     pub normals: Vec<[f32; 3]>,
     pub triangles: Arc<[[u32; 3]]>,
-    /// Image-left eye centre, image-right eye centre, nose tip, image-left and image-right mouth
-    /// corner (insightface/SCRFD order).
+    /// Image-left eye, image-right eye (see the module docs for which point), nose tip,
+    /// image-left and image-right mouth corner (insightface/SCRFD order).
     pub landmarks: [[f32; 3]; 5],
 }
 
@@ -145,13 +146,13 @@ impl HeadModel {
         if template[mouth[0]][0] > template[mouth[1]][0] {
             mouth.swap(0, 1);
         }
-        let eyes =
-            if left[0] <= right[0] { landmarks.eyeballs.clone() } else { [landmarks.eyeballs[1].clone(), landmarks.eyeballs[0].clone()] };
+        let [left_eyeball, right_eyeball] = landmarks.eyeballs.clone().map(|range| range.collect::<Vec<usize>>());
+        let eyes = if left[0] <= right[0] { [left_eyeball, right_eyeball] } else { [right_eyeball, left_eyeball] };
         Ok(HeadModel {
             source: "FLAME",
             vertices,
             triangles: model.faces().into(),
-            landmarks: Landmarks { eyes: eyes.map(EyeCentre::Mean), nose_tip: landmarks.nose_tip, mouth },
+            landmarks: Landmarks { eyes, nose_tip: landmarks.nose_tip, mouth },
             outlines: Vec::new(),
             rig: Rig::Flame { model: Box::new(model), origin },
         })
@@ -203,17 +204,14 @@ impl HeadModel {
             }
         };
         let normals = vertex_normals(&vertices, &self.triangles);
-        let eye = |e: &EyeCentre| match e {
-            EyeCentre::Point(p) => *p,
-            EyeCentre::Mean(range) => {
-                let count = range.len() as f32;
-                vertices[range.clone()]
-                    .iter()
-                    .fold([0.0; 3], |acc, v| [acc[0] + v[0] / count, acc[1] + v[1] / count, acc[2] + v[2] / count])
-            }
-        };
         let l = &self.landmarks;
-        let landmarks = [eye(&l.eyes[0]), eye(&l.eyes[1]), vertices[l.nose_tip], vertices[l.mouth[0]], vertices[l.mouth[1]]];
+        let landmarks = [
+            mean_position(&vertices, &l.eyes[0]),
+            mean_position(&vertices, &l.eyes[1]),
+            vertices[l.nose_tip],
+            vertices[l.mouth[0]],
+            vertices[l.mouth[1]],
+        ];
         PosedHead { vertices, normals, triangles: self.triangles.clone(), landmarks }
     }
 }
@@ -241,86 +239,51 @@ fn vertex_normals(vertices: &[[f32; 3]], triangles: &[[u32; 3]]) -> Vec<[f32; 3]
     sums
 }
 
-/// One tensor of a safetensors file held in memory.
-struct RawTensor<'a> {
-    dtype: String,
-    shape: Vec<usize>,
-    bytes: &'a [u8],
-}
-
-/// The tensors of a safetensors file in memory, by name (header JSON + byte slices).
-fn safetensors_tensors(bytes: &[u8]) -> Result<std::collections::HashMap<String, RawTensor<'_>>, String> {
-    let header_len =
-        bytes.get(..8).map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])).ok_or("not a safetensors file")?;
-    let header_end =
-        usize::try_from(header_len).ok().and_then(|h| h.checked_add(8)).filter(|&e| e <= bytes.len()).ok_or("not a safetensors file")?;
-    let header: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(&bytes[8..header_end]).map_err(|e| format!("unreadable safetensors header: {e}"))?;
-    let data = &bytes[header_end..];
-    let mut out = std::collections::HashMap::new();
-    for (name, info) in header {
-        if name == "__metadata__" {
-            continue;
-        }
-        let bad = || format!("tensor {name}: malformed header entry");
-        let dtype = info.get("dtype").and_then(|d| d.as_str()).ok_or_else(bad)?.to_string();
-        let shape: Vec<usize> = info
-            .get("shape")
-            .and_then(|s| s.as_array())
-            .and_then(|s| s.iter().map(|d| d.as_u64().map(|d| d as usize)).collect())
-            .ok_or_else(bad)?;
-        let offsets: Vec<usize> = info
-            .get("data_offsets")
-            .and_then(|o| o.as_array())
-            .and_then(|o| o.iter().map(|d| d.as_u64().map(|d| d as usize)).collect())
-            .ok_or_else(bad)?;
-        let [start, end] = offsets[..] else { return Err(bad()) };
-        let bytes = data.get(start..end).ok_or_else(bad)?;
-        out.insert(name, RawTensor { dtype, shape, bytes });
-    }
-    Ok(out)
+/// The mean position of the vertices `ids` (each eye's landmark).
+fn mean_position(vertices: &[[f32; 3]], ids: &[usize]) -> [f32; 3] {
+    let count = ids.len() as f32;
+    ids.iter().fold([0.0; 3], |acc, &i| {
+        let v = vertices[i];
+        [acc[0] + v[0] / count, acc[1] + v[1] / count, acc[2] + v[2] / count]
+    })
 }
 
 fn parse_builtin(bytes: &[u8]) -> Result<HeadModel, String> {
-    let tensors = safetensors_tensors(bytes)?;
-    let get = |name: &str, dtype: &str, rank: usize| -> Result<&RawTensor, String> {
+    let tensors =
+        candle_core::safetensors::load_buffer(bytes, &Device::Cpu).map_err(|e| format!("not a readable safetensors file: {e}"))?;
+    let get = |name: &str, dtype: DType, rank: usize| -> Result<&Tensor, String> {
         let t = tensors.get(name).ok_or_else(|| format!("no tensor {name}"))?;
-        let count: usize = t.shape.iter().product();
-        let size = match dtype {
-            "I64" => 8,
-            _ => 4,
-        };
-        if t.dtype != dtype || t.shape.len() != rank || t.bytes.len() != count * size {
-            return Err(format!("tensor {name}: {} {:?}, expected {dtype} of rank {rank}", t.dtype, t.shape));
+        if t.dtype() != dtype || t.rank() != rank {
+            return Err(format!("tensor {name}: {} {:?}, expected {} of rank {rank}", t.dtype().as_str(), t.dims(), dtype.as_str()));
         }
         Ok(t)
     };
-    let f32s = |name: &str, rows: Option<usize>| -> Result<Vec<[f32; 3]>, String> {
-        let t = get(name, "F32", 2)?;
-        if t.shape[1] != 3 || rows.is_some_and(|r| r != t.shape[0]) {
-            return Err(format!("tensor {name}: shape {:?}", t.shape));
+    // An (N, 3) tensor; `rows` fixes N.
+    let rows3 = |name: &str, dtype: DType, rows: Option<usize>| -> Result<&Tensor, String> {
+        let t = get(name, dtype, 2)?;
+        if t.dims()[1] != 3 || rows.is_some_and(|r| r != t.dims()[0]) {
+            return Err(format!("tensor {name}: shape {:?}", t.dims()));
         }
-        let values: Vec<f32> = t.bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-        Ok(values.chunks_exact(3).map(|v| [v[0], v[1], v[2]]).collect())
+        Ok(t)
     };
-    let vertices = f32s("vertices", None)?;
+    let points = |name: &str, rows: Option<usize>| -> Result<Vec<[f32; 3]>, String> {
+        let rows = rows3(name, DType::F32, rows)?.to_vec2::<f32>().map_err(|e| format!("tensor {name}: {e}"))?;
+        Ok(rows.iter().map(|r| [r[0], r[1], r[2]]).collect())
+    };
+    let vertices = points("vertices", None)?;
     let n = vertices.len();
-    let jaw_open = f32s("jaw_open", Some(n))?;
-    let eye_centers = f32s("eye_centers", Some(2))?;
-    let t = get("triangles", "I32", 2)?;
-    if t.shape[1] != 3 {
-        return Err(format!("tensor triangles: shape {:?}", t.shape));
-    }
-    let indices: Vec<i32> = t.bytes.chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-    if indices.iter().any(|&i| i < 0 || i as usize >= n) {
+    let jaw_open = points("jaw_open", Some(n))?;
+    let eye_centers = points("eye_centers", Some(2))?;
+    let triangles = rows3("triangles", DType::I32, None)?.to_vec2::<i32>().map_err(|e| format!("tensor triangles: {e}"))?;
+    if triangles.iter().flatten().any(|&i| i < 0 || i as usize >= n) {
         return Err("tensor triangles: a vertex index out of range".into());
     }
-    let triangles: Arc<[[u32; 3]]> = indices.chunks_exact(3).map(|t| [t[0] as u32, t[1] as u32, t[2] as u32]).collect();
+    let triangles: Arc<[[u32; 3]]> = triangles.iter().map(|t| [t[0] as u32, t[1] as u32, t[2] as u32]).collect();
     let indices = |name: &str| -> Result<Vec<u32>, String> {
-        let t = get(name, "I64", 1)?;
-        t.bytes
-            .chunks_exact(8)
-            .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+        get(name, DType::I64, 1)?
+            .to_vec1::<i64>()
+            .map_err(|e| format!("tensor {name}: {e}"))?
+            .into_iter()
             .map(|i| u32::try_from(i).ok().filter(|&i| (i as usize) < n).ok_or_else(|| format!("tensor {name}: vertex {i} out of range")))
             .collect()
     };
@@ -332,11 +295,19 @@ fn parse_builtin(bytes: &[u8]) -> Result<HeadModel, String> {
     if vertices[mouth[0]][0] > vertices[mouth[1]][0] {
         mouth.swap(0, 1);
     }
-    // Re-centre on the eyes' midpoint (the file is already centred so; this keeps it exact).
+    // The head frame's origin is the eyeballs' midpoint (the file is already centred so; this
+    // keeps it exact).
     let origin: [f32; 3] = std::array::from_fn(|c| (eye_centers[0][c] + eye_centers[1][c]) / 2.0);
     let shift = |v: &[f32; 3]| [v[0] - origin[0], v[1] - origin[1], v[2] - origin[2]];
-    let mut eyes = [shift(&eye_centers[0]), shift(&eye_centers[1])];
-    if eyes[0][0] > eyes[1][0] {
+    let eyelid = |name: &str| -> Result<Vec<usize>, String> {
+        let outline: Vec<usize> = indices(name)?.into_iter().map(|i| i as usize).collect();
+        if outline.is_empty() {
+            return Err(format!("tensor {name} is empty"));
+        }
+        Ok(outline)
+    };
+    let mut eyes = [eyelid("outline_eye_left")?, eyelid("outline_eye_right")?];
+    if mean_position(&vertices, &eyes[0])[0] > mean_position(&vertices, &eyes[1])[0] {
         eyes.swap(0, 1);
     }
     let mut outlines = Vec::new();
@@ -357,7 +328,7 @@ fn parse_builtin(bytes: &[u8]) -> Result<HeadModel, String> {
         source: "ICT-FaceKit (built in)",
         vertices: vertices.iter().map(shift).collect(),
         triangles,
-        landmarks: Landmarks { eyes: eyes.map(EyeCentre::Point), nose_tip: nose_tip as usize, mouth },
+        landmarks: Landmarks { eyes, nose_tip: nose_tip as usize, mouth },
         outlines,
         rig: Rig::Blendshape { jaw_open },
     })

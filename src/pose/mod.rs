@@ -6,7 +6,13 @@
 //!
 //! - **Head frame** (both meshes): metres; +x = image right when the face looks at the camera
 //!   (the head's own left), +y up, +z out of the face toward the camera; origin at the midpoint
-//!   of the two eye centres (FLAME meshes are re-centred so).
+//!   of the two eyeball centres (built-in head: the eyeball spheres' centres the file is centred
+//!   on; FLAME: the means of the eyeball vertices, re-centred so on loading). This is not the
+//!   eye landmarks' midpoint: on the built-in head that lies 13.6 mm in front and 1.6 mm lower.
+//! - **Eye landmarks**: built-in head: the mean of each eye's six eyelid-outline vertices as
+//!   posed (what FFHQ's alignment used, the mean of the eye-contour landmarks, and what SCRFD's
+//!   eye keypoints approximate); FLAME: the mean of each eyeball's vertices, i.e. its centre,
+//!   because the file has no eyelid landmarks.
 //! - **Rotation**: yaw > 0 turns the nose toward image right, pitch > 0 looks up, roll > 0 tilts
 //!   the head counter-clockwise in the image. The 3-D rotation rendered is
 //!   R = R_y(yaw) · R_x(−pitch): pitch in the head's own frame, then yaw about the vertical.
@@ -15,7 +21,7 @@
 //!   turned by roll with [`rotate_image`].
 //! - **Jaw**: 0 closed … 1 fully open. ICT head: vertices + jaw · `jaw_open`; FLAME: the jaw joint
 //!   turned about +x by jaw · [`FLAME_JAW_MAX_RAD`] through linear blend skinning.
-//! - **Framing**: FFHQ's alignment rule on the projected eye centres and mouth corners (see
+//! - **Framing**: FFHQ's alignment rule on the projected eye landmarks and mouth corners (see
 //!   [`render::view`]), then the user's scale (> 1: head bigger) and offset (fraction of the image
 //!   side, +x right, +y down).
 //! - **Normal map** (the training style): orthographic camera looking down −z, z-buffer, per-vertex
@@ -76,6 +82,25 @@ impl HeadPose {
             jaw: clamp(self.jaw, l.jaw, 0.0),
             scale: clamp(self.scale, l.scale, 1.0),
             offset: self.offset.map(|o| clamp(o, (-l.offset, l.offset), 0.0)),
+        }
+    }
+
+    /// An error naming the first value outside [`LIMITS`] (or not a number), for poses typed
+    /// in by a user; the GUI's widgets keep within them.
+    pub fn check(&self) -> Result<(), String> {
+        let l = &LIMITS;
+        let values = [
+            ("yaw", self.yaw, (-l.yaw, l.yaw)),
+            ("pitch", self.pitch, (-l.pitch, l.pitch)),
+            ("roll", self.roll, (-l.roll, l.roll)),
+            ("jaw", self.jaw, l.jaw),
+            ("scale", self.scale, l.scale),
+            ("offset x", self.offset[0], (-l.offset, l.offset)),
+            ("offset y", self.offset[1], (-l.offset, l.offset)),
+        ];
+        match values.into_iter().find(|(_, value, (lo, hi))| !(lo <= value && value <= hi)) {
+            Some((name, value, (lo, hi))) => Err(format!("{name} {value} is outside {lo} … {hi}")),
+            None => Ok(()),
         }
     }
 

@@ -73,9 +73,12 @@ pub fn head_rotation(yaw: f64, pitch: f64) -> [[f64; 3]; 3] {
 /// horizontal). The user's scale divides the half side; the offset moves the crop centre by
 /// −offset · side along the crop's axes, so the head moves by +offset of the image side.
 ///
-/// The eyes are the eyeball centres. FFHQ took the mean of dlib's six eyelid points, which lie
-/// about an eyeball radius further forward; with the centres the crop turns somewhat more for a
-/// turned head (the eye line tilts 5.4° at yaw 30°, 11.3° at yaw 60° on the built-in head).
+/// The eyes are the head's eye landmarks (see the module docs of [`crate::pose`]). On the
+/// built-in head they are eyelid means, as FFHQ took the mean of dlib's six eyelid points; the
+/// crop still turns a little for a turned head, as FFHQ's does, because the mouth corners lie
+/// about 1 cm in front of the eyelids (the eye line tilts 2.2–2.3° at yaw ±30°, 4.7–4.9° at
+/// ±60°). A FLAME head's eyes are its eyeball centres, about an eyeball radius further back, so
+/// its crop turns more (the built-in head with its eyeball centres tilted 5.4° and 11.3°).
 pub fn view(head: &PosedHead, pose: &HeadPose, size: usize) -> View {
     framed_view(&head.landmarks, pose.yaw, pose.pitch, pose.scale, pose.offset, size)
 }
@@ -120,7 +123,7 @@ pub(crate) fn framed_view(landmarks: &[[f32; 3]; 5], yaw: f64, pitch: f64, scale
     View { rotation, scale: pixels, shift: [middle - pixels * wx, middle + pixels * wy], size }
 }
 
-/// The five landmarks of `head` (eye centres, nose tip, mouth corners) in image pixels.
+/// The five landmarks of `head` (eye landmarks, nose tip, mouth corners) in image pixels.
 pub fn landmarks_2d(head: &PosedHead, view: &View) -> [[f32; 2]; 5] {
     head.landmarks.map(|p| view.project(p))
 }
