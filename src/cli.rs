@@ -13,8 +13,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::diffusion::schedulers::Sampler;
 use crate::engine::{
-    Arc2FacePipeline, DeviceChoice, EngineError, ExpressionSpec, FaceRef, Flow, GeneratedImage, GenerationSpec, IdentitySource, Job,
-    JobOutcome, LoraSpec, PoseSpec, PoseTarget, Precision, RuntimeSpec, StepProgress,
+    Arc2FacePipeline, DeviceChoice, EngineError, ExpressionSpec, FaceRef, Flow, GeneratedImage, GenerationSpec, HeadMesh, IdentitySource,
+    Job, JobOutcome, LoraSpec, PoseSpec, PoseTarget, Precision, RuntimeSpec, StepProgress, load_head,
 };
 use crate::expression::Expression;
 use crate::face::{self, FaceAnalyzer};
@@ -22,6 +22,7 @@ use crate::gallery::metadata;
 use crate::models::download::{self, DownloadEvent, DownloadOptions, TransferProgress};
 use crate::models::hub::{Hub, HubConfig};
 use crate::models::{self, ModelFile, ModelsDir, check};
+use crate::pose::{self, HeadModel, HeadPose};
 
 #[derive(Debug, Parser)]
 #[command(name = "arc2face", version, about = "Arc2Face Studio: new photos of a person from one photo")]
@@ -46,6 +47,47 @@ pub enum Command {
     Faces(FacesArgs),
     /// Check the models folder and fetch what is missing.
     Models(ModelsArgs),
+    /// Write the pose ControlNet's conditioning image for a head pose (at roll 0: generate turns
+    /// the finished image by the roll).
+    RenderPose(RenderPoseArgs),
+    /// Print the head pose of a face in a photo as JSON (as --pose takes it).
+    FitPose(FitPoseArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RenderPoseArgs {
+    /// The pose: a .json as `generate --pose` takes it.
+    #[arg(value_parser = parse_pose, required_unless_present = "from_photo", conflicts_with = "from_photo")]
+    pub pose: Option<HeadPose>,
+    /// The pose of a face in this photo instead (needs the face models).
+    #[arg(long, value_name = "PHOTO")]
+    pub from_photo: Option<PathBuf>,
+    /// Which face of the photo, as `arc2face faces` lists them; default the largest.
+    #[arg(long, requires = "from_photo")]
+    pub face: Option<usize>,
+    /// The image side in pixels.
+    #[arg(long, default_value_t = 512)]
+    pub size: usize,
+    #[arg(long, value_name = "FILE.png")]
+    pub out: PathBuf,
+    /// The models folder: its FLAME model file, when it has one, is the head rendered (else the
+    /// built-in head), and --from-photo needs its face models.
+    #[arg(long, env = "ARC2FACE_MODELS")]
+    pub models: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct FitPoseArgs {
+    pub photo: PathBuf,
+    /// Which face of the photo, as `arc2face faces` lists them; default the largest.
+    #[arg(long)]
+    pub face: Option<usize>,
+    /// The models folder (the face models, and the FLAME model file when it has one).
+    #[arg(long, env = "ARC2FACE_MODELS")]
+    pub models: PathBuf,
+    /// The face detector's square input size.
+    #[arg(long, default_value_t = face::DEFAULT_DET_SIZE)]
+    pub det_size: usize,
 }
 
 #[derive(Debug, Args)]
@@ -114,6 +156,12 @@ pub struct GenerateArgs {
     pub from: Option<PathBuf>,
     #[command(flatten)]
     pub settings: SettingsArgs,
+    /// Copy the head pose of a face in this photo (fitted to its five keypoints).
+    #[arg(long, value_name = "PHOTO", conflicts_with_all = ["pose", "pose_image"])]
+    pub pose_from_photo: Option<PathBuf>,
+    /// Which face of the --pose-from-photo photo; default the largest.
+    #[arg(long, requires = "pose_from_photo")]
+    pub pose_face: Option<usize>,
     /// Initial latents (N, C, h, w) float32 .npy instead of seeded noise; a --seed given too
     /// only feeds the noise euler-a and lcm add at each step.
     #[arg(long)]
@@ -157,8 +205,14 @@ pub struct SettingsArgs {
     /// given with it still win.
     #[arg(long)]
     pub fast: bool,
+    /// A target head pose for the pose ControlNet: a .json object with `yaw` (±60°, positive
+    /// turns the nose to image right), `pitch` (±30°, positive looks up), `roll` (±20°, positive
+    /// tilts counter-clockwise), `jaw` (0 closed … 1 open), `scale` (0.7–1.4) and `offset`
+    /// ([x, y], ±0.2 of the image side); omitted keys are frontal defaults.
+    #[arg(long, value_name = "FILE.json", value_parser = parse_pose, conflicts_with = "pose_image")]
+    pub pose: Option<HeadPose>,
     /// A pose ControlNet conditioning image (a normal-map render), used as given; it must be
-    /// as large as the images.
+    /// as large as the images (render-pose --size makes one).
     #[arg(long, value_name = "FILE")]
     pub pose_image: Option<PathBuf>,
     /// How strongly the pose steers (the ControlNet's residuals are multiplied by this)
@@ -199,6 +253,7 @@ impl SettingsArgs {
             scheduler,
             lora,
             fast,
+            pose,
             pose_image,
             controlnet_scale,
             control_start,
@@ -233,6 +288,11 @@ impl SettingsArgs {
         if let Some(sampler) = scheduler {
             spec.sampler = *sampler;
         }
+        if let Some(pose) = pose {
+            // The mesh is the models folder's choice: generate sets it once the folder is known.
+            let target = PoseTarget::Head { pose: *pose, mesh: HeadMesh::Builtin };
+            spec.pose = Some(PoseSpec { target, ..spec.pose.clone().unwrap_or_default() });
+        }
         if let Some(path) = pose_image {
             let target = PoseTarget::Image { file: crate::file_name(path) };
             spec.pose = Some(PoseSpec { target, ..spec.pose.clone().unwrap_or_default() });
@@ -262,6 +322,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Generate(args)) => generate(args),
         Some(Command::Faces(args)) => faces(args),
         Some(Command::Models(args)) => models_command(args),
+        Some(Command::RenderPose(args)) => render_pose(args),
+        Some(Command::FitPose(args)) => fit_pose(args),
         None => crate::app::run(cli.models, cli.photos),
     }
 }
@@ -285,6 +347,15 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         }
         None => identity_from_photos(&args, &mut spec)?,
     };
+    if let Some(photo) = &args.pose_from_photo {
+        let mesh = HeadMesh::preferred(&models);
+        let pose = pose_of_photo(&args.models, photo, args.pose_face, args.det_size, &load_head(&models, &mesh)?)?;
+        spec.pose = Some(PoseSpec { target: PoseTarget::Head { pose, mesh }, ..spec.pose.clone().unwrap_or_default() });
+    } else if args.settings.pose.is_some()
+        && let Some(PoseSpec { target: PoseTarget::Head { mesh, .. }, .. }) = &mut spec.pose
+    {
+        *mesh = HeadMesh::preferred(&models);
+    }
     let initial_latents = args.noise.as_deref().map(read_noise).transpose()?;
     if let Some(latents) = &initial_latents {
         spec.seed = args.settings.seed;
@@ -365,6 +436,58 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     }
     eprintln!("finished in {:.1}s", started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// The head pose of a face (default the largest) of `photo`, fitted on `head`.
+fn pose_of_photo(models: &Path, photo: &Path, face: Option<usize>, det_size: usize, head: &HeadModel) -> anyhow::Result<HeadPose> {
+    let image = face::photo::load_photo(photo)?;
+    let faces = load_face_analyzer(models)?.analyze(&image, det_size)?;
+    let Some(largest) = face::largest_face(&faces) else {
+        bail!("{}: no face found; try a photo with more margin around the face", photo.display());
+    };
+    let index = face.unwrap_or(largest);
+    let Some(chosen) = faces.get(index) else {
+        bail!("{}: face {index} asked for, but the photo has {} face(s), numbered from 0", photo.display(), faces.len());
+    };
+    let pose = pose::fit_pose(head, &chosen.kps);
+    eprintln!("{}: face {index} looks yaw {:.1}°, pitch {:.1}°, roll {:.1}°", crate::file_name(photo), pose.yaw, pose.pitch, pose.roll);
+    Ok(pose)
+}
+
+fn render_pose(args: RenderPoseArgs) -> anyhow::Result<()> {
+    if !(16..=4096).contains(&args.size) {
+        bail!("--size must be between 16 and 4096 pixels, got {}", args.size);
+    }
+    let models = args.models.as_deref().map(ModelsDir::new);
+    let mesh = models.as_ref().map_or(HeadMesh::Builtin, HeadMesh::preferred);
+    let head = load_head(models.as_ref().unwrap_or(&ModelsDir::new(".")), &mesh)?;
+    let pose = match (&args.pose, &args.from_photo, &args.models) {
+        (Some(pose), _, _) => *pose,
+        (None, Some(photo), Some(models)) => pose_of_photo(models, photo, args.face, face::DEFAULT_DET_SIZE, &head)?,
+        (None, Some(_), None) => bail!("--from-photo needs the face models: give --models or set ARC2FACE_MODELS"),
+        (None, None, _) => bail!("give a pose .json or --from-photo"),
+    };
+    let image = pose::render_normals(&head, &pose.clamped(), args.size);
+    image.save_with_format(&args.out, image::ImageFormat::Png).with_context(|| format!("could not write {}", args.out.display()))?;
+    eprintln!("{} head, {} px", head.source(), args.size);
+    println!("{}", args.out.display());
+    Ok(())
+}
+
+fn fit_pose(args: FitPoseArgs) -> anyhow::Result<()> {
+    let models = ModelsDir::new(&args.models);
+    let head = load_head(&models, &HeadMesh::preferred(&models))?;
+    let pose = pose_of_photo(&args.models, &args.photo, args.face, args.det_size, &head)?;
+    println!("{}", serde_json::to_string(&pose)?);
+    Ok(())
+}
+
+/// A head pose from a `.json` file; every value must lie within the pose limits.
+fn parse_pose(path: &str) -> Result<HeadPose, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+    let pose: HeadPose = serde_json::from_str(&text).map_err(|e| format!("{path}: not a head pose: {e}"))?;
+    pose.check().map_err(|e| format!("{path}: {e}"))?;
+    Ok(pose)
 }
 
 /// `FILE[:SCALE]`: the file made absolute (the spec outlives the working folder), scale 1.0

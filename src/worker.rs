@@ -13,7 +13,7 @@ use crossbeam_channel::{Receiver, Sender};
 use image::RgbImage;
 
 use crate::diffusion::preview;
-use crate::engine::{Arc2FacePipeline, EngineError, ErrorKind, Flow, GenerationSpec, ImageMetadata, Job, JobOutcome};
+use crate::engine::{Arc2FacePipeline, EngineError, ErrorKind, Flow, GenerationSpec, ImageMetadata, Job, JobOutcome, PoseSpec};
 use crate::face::{self, Face, FaceAnalyzer};
 use crate::gallery::history;
 use crate::models::ModelsDir;
@@ -23,12 +23,22 @@ pub enum Command {
     /// Decode a photo and find its faces.
     AnalyzePhoto {
         path: PathBuf,
+        purpose: PhotoPurpose,
     },
     Generate(Box<GenerationRequest>),
     /// Drop loaded models (the models folder changed); they load again when next needed.
     UnloadModels {
         models_dir: PathBuf,
     },
+}
+
+/// What a photo is opened for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PhotoPurpose {
+    /// The identity: it becomes the photo the faces are picked from.
+    Identity,
+    /// Only the head pose of its largest face (a photo dropped on the Pose panel).
+    Pose,
 }
 
 /// One queued generation: the spec of a batch of images of one identity, and the identity.
@@ -61,6 +71,7 @@ impl From<EngineError> for JobError {
 pub enum Event {
     PhotoAnalyzed {
         path: PathBuf,
+        purpose: PhotoPurpose,
         photo: RgbImage,
         faces: Vec<Face>,
         /// A small square picture of each face, in the order of `faces`.
@@ -68,6 +79,7 @@ pub enum Event {
     },
     PhotoFailed {
         path: PathBuf,
+        purpose: PhotoPurpose,
         message: String,
     },
     /// Long work without steps (loading models); shown until the next event.
@@ -184,7 +196,7 @@ impl WorkerState {
 
     fn handle(&mut self, command: Command) {
         match command {
-            Command::AnalyzePhoto { path } => {
+            Command::AnalyzePhoto { path, purpose } => {
                 let result = catch_unwind(AssertUnwindSafe(|| self.analyze(&path))).unwrap_or_else(|panic| {
                     self.analyzer = None;
                     Err(panic_message(panic))
@@ -192,9 +204,9 @@ impl WorkerState {
                 match result {
                     Ok((photo, faces)) => {
                         let crops = faces.iter().map(|face| face::crop(&photo, face, FACE_CROP_SIDE)).collect();
-                        self.emit(Event::PhotoAnalyzed { path, photo, faces, crops })
+                        self.emit(Event::PhotoAnalyzed { path, purpose, photo, faces, crops })
                     }
-                    Err(message) => self.emit(Event::PhotoFailed { path, message }),
+                    Err(message) => self.emit(Event::PhotoFailed { path, purpose, message }),
                 }
             }
             Command::Generate(request) => {
@@ -248,11 +260,16 @@ impl WorkerState {
         let pipeline = self.pipeline.insert(pipeline);
         let job = Job { spec: request.spec.clone(), identity: request.identity.clone(), initial_latents: None, pose_image: None };
         let (events, wake, cancelled) = (&self.events, &self.wake, &self.cancelled_job);
+        // Previews turn with the head's roll as the finished images will.
+        let rolls: Vec<f64> =
+            (0..request.spec.num_images).map(|i| request.spec.image(i).pose.as_ref().map_or(0.0, PoseSpec::roll)).collect();
         let mut on_step = |progress: &crate::engine::StepProgress| {
             if cancelled.load(Ordering::SeqCst) == request.job_id {
                 return Flow::Cancel;
             }
             if let Ok(preview) = preview::latents_to_rgb(progress.predicted_x0) {
+                let roll = rolls.get(progress.image_index).copied().unwrap_or(0.0);
+                let preview = if roll == 0.0 { preview } else { crate::pose::rotate_image(&preview, roll) };
                 let event = Event::Progress {
                     job_id: request.job_id,
                     image_index: progress.image_index,

@@ -11,7 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc2face_studio::app::{GalleryAction, ModelsAction, StudioApp};
+use arc2face_studio::engine::{HeadMesh, PoseTarget};
 use arc2face_studio::gallery::metadata;
+use arc2face_studio::pose::{HeadModel, HeadPose, fit_pose, render_normals};
+use egui::Vec2;
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
 
@@ -221,8 +224,9 @@ fn an_expression_is_generated_recorded_and_restored() {
     let mut harness = harness(common::generation_and_face_models(dir.path()), dir.path().join("gallery"));
     drop_photo(&mut harness, photo("astronaut.jpg"));
     run_until(&mut harness, "faces", |app| app.state.photo.is_some());
-    harness.get_by_label("Use this expression").click();
-    harness.get_by_label("Mouth open").click();
+    // Below the Pose panel, maybe out of view: clicked through the accessibility tree.
+    harness.get_by_label("Use this expression").click_accesskit();
+    harness.get_by_label("Mouth open").click_accesskit();
     harness.run();
     {
         let settings = &mut harness.state_mut().state.settings;
@@ -365,4 +369,181 @@ fn the_models_window_downloads_what_is_missing_shows_failures_and_retries() {
     assert!(harness.state().state.models.missing_required().is_empty());
     assert!(harness.query_by_label_contains("model files missing").is_none(), "the banner is gone");
     assert!(harness.query_by_label("Download (0)").is_some());
+}
+
+/// The Pose panel's head pose (the settings' pose target).
+fn panel_pose(app: &StudioApp) -> HeadPose {
+    app.state.settings.spec.pose.as_ref().and_then(|p| p.head_pose()).expect("a head pose")
+}
+
+fn head_loaded(app: &StudioApp) -> bool {
+    app.state.pose.head.is_some() && app.state.pose.drawing.is_some()
+}
+
+/// Drags on the head from `from` (a point of its widget, 0–1 each way) by `by` points.
+fn drag_head(harness: &mut Harness<'_, StudioApp>, from: Vec2, by: Vec2) {
+    let rect = harness.get_by_label("Head pose").rect();
+    let start = rect.min + from * rect.size();
+    harness.hover_at(start);
+    harness.step();
+    harness.drag_at(start);
+    harness.step();
+    for i in 1..=4 {
+        harness.hover_at(start + by * (i as f32 / 4.0));
+        harness.step();
+    }
+    harness.drop_at(start + by);
+    harness.step();
+}
+
+fn field(harness: &mut Harness<'_, StudioApp>, label: &str, value: &str) {
+    let field = harness.get_by_role_and_label(egui::accesskit::Role::SpinButton, label);
+    field.click();
+    harness.step();
+    let field = harness.get_by_role_and_label(egui::accesskit::Role::SpinButton, label);
+    field.type_text(value);
+    harness.key_press(egui::Key::Enter);
+    harness.run();
+}
+
+/// Dragging turns the head (yaw, pitch), the ring tilts it, the fields and presets set it, and
+/// Ctrl+Z steps back through the edits, a whole drag at a time.
+#[test]
+fn the_head_turns_by_drags_fields_and_presets_and_undo_steps_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut harness = harness(common::generation_and_face_models(dir.path()), dir.path().join("gallery"));
+    run_until(&mut harness, "the head", head_loaded);
+    assert_eq!(panel_pose(harness.state()), HeadPose::FRONTAL);
+
+    let side = harness.get_by_label("Head pose").rect().width();
+    drag_head(&mut harness, Vec2::new(0.4, 0.35), Vec2::new(30.0, -15.0));
+    let turned = panel_pose(harness.state());
+    let per_point = 120.0 / side as f64;
+    assert!((turned.yaw - 30.0 * per_point).abs() < 1e-3, "yaw {} after 30 points right", turned.yaw);
+    assert!((turned.pitch - 15.0 * per_point).abs() < 1e-3, "pitch {} after 15 points up", turned.pitch);
+    assert_eq!(harness.state().state.pose.drawing.as_ref().unwrap().pose, turned, "the view follows");
+
+    // The ring's top, dragged to the left: counter-clockwise, positive roll.
+    drag_head(&mut harness, Vec2::new(0.5, 0.5 - 0.47), Vec2::new(-40.0, 10.0));
+    let tilted = panel_pose(harness.state());
+    assert!(tilted.roll > 5.0 && tilted.yaw == turned.yaw, "roll {} by the ring, yaw kept", tilted.roll);
+
+    field(&mut harness, "Yaw", "-20");
+    assert_eq!(panel_pose(harness.state()).yaw, -20.0);
+    field(&mut harness, "Yaw", "99");
+    assert_eq!(panel_pose(harness.state()).yaw, 60.0, "the field keeps within the limit");
+
+    harness.get_by_label("Presets").click();
+    harness.run();
+    harness.get_by_label("Looking up").click();
+    harness.run();
+    assert_eq!(panel_pose(harness.state()), HeadPose { pitch: 20.0, ..HeadPose::FRONTAL });
+
+    let undo = |harness: &mut Harness<'_, StudioApp>| {
+        harness.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Z);
+        harness.run();
+        panel_pose(harness.state())
+    };
+    assert_eq!(undo(&mut harness).yaw, 60.0);
+    assert_eq!(undo(&mut harness).yaw, -20.0);
+    assert_eq!(undo(&mut harness), tilted);
+    assert_eq!(undo(&mut harness), turned, "the ring's drag was one step");
+    assert_eq!(undo(&mut harness), HeadPose::FRONTAL, "and so was the first drag");
+}
+
+/// The pose of the selected face, then of a photo dropped on the Pose panel; a job with it
+/// carries it (the conditioning image the panel shows is the renderer's), the gallery records
+/// it and dropping the result back restores it.
+#[test]
+fn a_pose_from_a_photo_is_generated_recorded_and_restored() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut harness = harness(common::generation_and_face_models(dir.path()), dir.path().join("gallery"));
+    drop_photo(&mut harness, photo("astronaut.jpg"));
+    run_until(&mut harness, "faces and the head", |app| app.state.photo.is_some() && head_loaded(app));
+    harness.get_by_label("From the photo").click();
+    harness.run();
+    let head = HeadModel::builtin().unwrap();
+    let photo_state = harness.state().state.photo.as_ref().unwrap();
+    let fitted = fit_pose(&head, &photo_state.faces[photo_state.selected_face.unwrap()].kps);
+    assert_eq!(panel_pose(harness.state()), fitted);
+    assert!(harness.state().state.settings.use_pose, "copying a pose switches it on");
+
+    // Another photo dropped on the Pose panel lends its pose and leaves the photo as it was.
+    let zone = harness.get_by_label("Head pose").rect().center();
+    harness.hover_at(zone);
+    harness.step();
+    drop_photo(&mut harness, photo("rotated.jpg"));
+    assert!(harness.state().state.pose.fitting.is_some());
+    run_until(&mut harness, "the dropped photo's pose", |app| app.state.pose.fitting.is_none());
+    assert!(harness.state().state.photo.as_ref().unwrap().path.ends_with("astronaut.jpg"), "the photo stays");
+    let from_drop = panel_pose(harness.state());
+    assert_ne!(from_drop, fitted, "{:?}", notices(harness.state()));
+
+    {
+        let settings = &mut harness.state_mut().state.settings;
+        (settings.spec.num_images, settings.spec.steps, settings.spec.size) = (1, 2, Some(32));
+    }
+    harness.run();
+    let drawing = harness.state().state.pose.drawing.as_ref().unwrap();
+    assert_eq!(drawing.conditioning, render_normals(&head, &from_drop.clamped(), 32), "the panel shows the ControlNet's input");
+    harness.get_by_label("Generate").click();
+    harness.step();
+    let request = harness.state().state.running.as_ref().map(|r| r.request.clone()).expect("a job runs");
+    let pose = request.spec.pose.clone().expect("the job has the pose");
+    assert_eq!(pose.target, PoseTarget::Head { pose: from_drop, mesh: HeadMesh::Builtin });
+    run_until(&mut harness, "the image", |app| app.state.running.is_none() && app.state.gallery.entries.len() == 1);
+    assert!(notices(harness.state()).iter().all(|n| n.starts_with("Pose copied")), "{:?}", notices(harness.state()));
+    let entry = harness.state().state.gallery.entries[0].clone();
+    assert_eq!(entry.metadata.spec.pose, Some(pose.clone()));
+
+    harness.get_by_label("Reset pose").click();
+    harness.state_mut().state.settings.use_pose = false;
+    harness.run();
+    let png = harness.state().state.gallery.dir.clone().unwrap().join(&entry.file_name);
+    drop_photo(&mut harness, png);
+    run_until(&mut harness, "the photo reopened", |app| app.state.analyzing.is_none());
+    assert!(harness.state().state.settings.use_pose, "restoring switches the pose on");
+    assert_eq!(harness.state().state.settings.spec.pose, Some(pose));
+}
+
+/// A pose sweep: one job, one seed, the head going from the remembered pose to the panel's; the
+/// gallery keeps its images together and writes them as one contact sheet.
+#[test]
+fn a_pose_sweep_fills_a_strip_and_a_contact_sheet() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut harness = harness(common::generation_and_face_models(dir.path()), dir.path().join("gallery"));
+    drop_photo(&mut harness, photo("astronaut.jpg"));
+    run_until(&mut harness, "faces and the head", |app| app.state.photo.is_some() && head_loaded(app));
+    field(&mut harness, "Yaw", "-45");
+    harness.get_by_label("Sweep from this pose").click();
+    field(&mut harness, "Yaw", "45");
+    {
+        let settings = &mut harness.state_mut().state.settings;
+        (settings.spec.num_images, settings.spec.steps, settings.spec.size) = (3, 2, Some(32));
+    }
+    harness.get_by_label("Sweep to this pose").click();
+    harness.step();
+    run_until(&mut harness, "the sweep", |app| app.state.running.is_none() && app.state.gallery.entries.len() == 3);
+    let entries = harness.state().state.gallery.entries.clone();
+    let yaws: Vec<f64> = entries.iter().map(|e| e.metadata.spec.pose.as_ref().unwrap().head_pose().unwrap().yaw).collect();
+    assert_eq!(yaws, [-45.0, 0.0, 45.0]);
+    assert!(entries.iter().all(|e| e.metadata.spec.seed == entries[0].metadata.spec.seed && e.metadata.job == entries[0].metadata.job));
+    assert!(harness.query_by_label_contains("Pose sweep · 3 images").is_some(), "the strip groups the sweep");
+    let sheet = dir.path().join("sweep.png");
+    harness.state_mut().apply(GalleryAction::ContactSheetTo { ids: entries.iter().map(|e| e.id).collect(), dest: sheet.clone() });
+    run_until(&mut harness, "the contact sheet", |app| app.state.notices.iter().any(|n| n.text.starts_with("Contact sheet written")));
+    assert_eq!(image::open(&sheet).unwrap().width(), 3 * 32 + 4 * 8);
+}
+
+/// What the Pose panel looks like: the head, its skeleton and ring, the ControlNet's input in
+/// beside the fields, the buttons.
+#[test]
+fn snapshot_of_the_pose_panel() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut harness = harness(common::generation_and_face_models(dir.path()), dir.path().join("gallery"));
+    run_until(&mut harness, "the head", head_loaded);
+    harness.state_mut().state.settings.spec.pose.as_mut().unwrap().target =
+        PoseTarget::Head { pose: HeadPose { yaw: 30.0, pitch: 10.0, roll: 8.0, jaw: 0.5, ..HeadPose::FRONTAL }, mesh: HeadMesh::Builtin };
+    harness.run();
+    harness.snapshot("pose_panel");
 }

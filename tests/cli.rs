@@ -121,7 +121,8 @@ fn generate_with_a_random_seed_prints_it_and_never_overwrites() {
     let second_path = String::from_utf8(second.stdout).unwrap();
     assert!(first_path.trim().ends_with("arc2face-seed7.png"));
     assert!(second_path.trim().ends_with("arc2face-seed7-2.png"));
-    assert_eq!(std::fs::read(first_path.trim()).unwrap(), std::fs::read(second_path.trim()).unwrap(), "same seed, same image");
+    let pixels = |path: &str| image::open(path.trim()).unwrap().to_rgb8().into_raw();
+    assert_eq!(pixels(&first_path), pixels(&second_path), "same seed, same image");
 
     let random = arc2face(&[
         "generate",
@@ -312,4 +313,81 @@ fn an_interrupted_run_leaves_only_whole_pngs() {
     for path in &listed {
         assert!(image::open(path).is_ok(), "{} is whole", path.display());
     }
+}
+
+/// `--pose FILE.json` renders the head for the ControlNet: the same image as `render-pose`'s
+/// conditioning image given with `--pose-image`, and `--from` brings the pose back.
+#[test]
+fn a_pose_file_generates_as_its_render_and_restores() {
+    let dir = tempfile::tempdir().unwrap();
+    let (embedding, models) = (fixture().join("reference/id_embedding.npy"), models_dir());
+    let pose_file = dir.path().join("pose.json");
+    std::fs::write(&pose_file, r#"{"yaw": -30, "jaw": 0.4}"#).unwrap();
+    let render = dir.path().join("render.png");
+    let output = arc2face(&["render-pose", path_str(&pose_file), "--size", "32", "--out", path_str(&render)]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let pose = arc2face_studio::pose::HeadPose { yaw: -30.0, jaw: 0.4, ..Default::default() };
+    let head = arc2face_studio::pose::HeadModel::builtin().unwrap();
+    assert_eq!(image::open(&render).unwrap().to_rgb8(), arc2face_studio::pose::render_normals(&head, &pose, 32));
+
+    let generate = |extra: &[&str], out: &str| {
+        let out = dir.path().join(out);
+        let base = ["generate", "--models", path_str(&models), "--embedding", path_str(&embedding), "--out", path_str(&out)];
+        let settings = ["--seed", "2", "--num-images", "1", "--steps", "2", "--size", "32"];
+        let output = arc2face(&[&base[..], &settings, extra].concat());
+        assert!(output.status.success(), "{}", stderr(&output));
+        PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
+    };
+    let pixels = |path: &Path| image::open(path).unwrap().to_rgb8().into_raw();
+    let posed = generate(&["--pose", path_str(&pose_file)], "a");
+    let from_render = generate(&["--pose-image", path_str(&render)], "b");
+    assert_eq!(pixels(&posed), pixels(&from_render));
+    let meta = metadata::read_metadata(&posed).unwrap().unwrap();
+    let target = serde_json::to_value(&meta.spec.pose.unwrap().target).unwrap();
+    assert_eq!(target["head"]["pose"]["yaw"], -30.0, "{target}");
+    assert_eq!(target["head"]["mesh"]["kind"], "builtin", "{target}");
+    let again = generate(&["--from", path_str(&posed)], "c");
+    assert_eq!(pixels(&again), pixels(&posed));
+}
+
+#[test]
+fn poses_beyond_the_limits_or_malformed_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.png");
+    for (json, needle) in [(r#"{"yaw": 75}"#, "yaw 75 is outside -60 … 60"), (r#"{"yaw": "left"}"#, "not a head pose")] {
+        let pose_file = dir.path().join("pose.json");
+        std::fs::write(&pose_file, json).unwrap();
+        let output = arc2face(&["render-pose", path_str(&pose_file), "--out", path_str(&out)]);
+        assert!(!output.status.success() && stderr(&output).contains(needle), "{json}: {}", stderr(&output));
+    }
+    assert!(!out.exists());
+}
+
+/// `fit-pose` prints the pose fitted to the chosen face's keypoints, as `--pose` reads it.
+#[test]
+fn fit_pose_prints_the_fitted_pose_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = generation_and_face_models(dir.path());
+    let photo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/faces/photos/astronaut.jpg");
+    let output = arc2face(&["fit-pose", path_str(&photo), "--models", path_str(&models)]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let printed: arc2face_studio::pose::HeadPose = serde_json::from_slice(&output.stdout).unwrap();
+    // The largest face `faces` lists, fitted here, is the pose printed.
+    let faces = arc2face(&["faces", "--models", path_str(&models), path_str(&photo)]);
+    let faces: Vec<serde_json::Value> = serde_json::from_slice(&faces.stdout).unwrap();
+    let area = |f: &serde_json::Value| {
+        (f["bbox"][2].as_f64().unwrap() - f["bbox"][0].as_f64().unwrap())
+            * (f["bbox"][3].as_f64().unwrap() - f["bbox"][1].as_f64().unwrap())
+    };
+    let largest = faces.iter().max_by(|a, b| area(a).total_cmp(&area(b))).unwrap();
+    let kps: [[f32; 2]; 5] = serde_json::from_value(largest["kps"].clone()).unwrap();
+    let head = arc2face_studio::pose::HeadModel::builtin().unwrap();
+    let expected = arc2face_studio::pose::fit_pose(&head, &kps);
+    for (name, got, want) in
+        [("yaw", printed.yaw, expected.yaw), ("pitch", printed.pitch, expected.pitch), ("roll", printed.roll, expected.roll)]
+    {
+        assert!((got - want).abs() < 1e-6, "{name}: printed {got}, fitted on the listed keypoints {want}");
+    }
+    let output = arc2face(&["fit-pose", path_str(&photo), "--models", path_str(&models), "--face", "7"]);
+    assert_fails_with(&output, "face 7");
 }

@@ -5,13 +5,18 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use super::StudioApp;
+use super::color_image;
 use super::gallery_thread::Request as GalleryRequest;
 use super::models_task::{self, ModelsTask};
 use super::state::*;
-use crate::engine::{FaceRef, GenerationSpec, IdentitySource, ImageMetadata, Sweep};
+use crate::engine::{FaceRef, GenerationSpec, IdentitySource, ImageMetadata, PoseSpec, PoseTarget, Sweep};
 use crate::gallery::history::SortOrder;
 use crate::models::ModelsDir;
-use crate::worker::{Command, GenerationRequest};
+use crate::pose::HeadPose;
+use crate::worker::{Command, GenerationRequest, PhotoPurpose};
+
+/// The side of the pose pictures in the queue, in pixels.
+const QUEUE_THUMBNAIL_SIDE: usize = 48;
 
 #[derive(Debug, Clone)]
 pub enum Action {
@@ -19,9 +24,20 @@ pub enum Action {
     Job(JobAction),
     Gallery(GalleryAction),
     Models(ModelsAction),
+    Pose(PoseAction),
     /// The settings panel edited the settings.
     UpdateSettings(Box<Settings>),
+    /// Take back the latest pose or expression edit, or the latest delete (Ctrl+Z).
+    Undo,
     DismissNotice(usize),
+}
+
+#[derive(Debug, Clone)]
+pub enum PoseAction {
+    /// The head turned as the selected face of the photo is.
+    FromSelectedFace,
+    /// The head turned as the largest face of another photo is (one dropped on the Pose panel).
+    FromPhoto(PathBuf),
 }
 
 #[derive(Debug, Clone)]
@@ -115,6 +131,11 @@ impl From<ModelsAction> for Action {
         Action::Models(action)
     }
 }
+impl From<PoseAction> for Action {
+    fn from(action: PoseAction) -> Self {
+        Action::Pose(action)
+    }
+}
 
 const PHOTO_EXTENSIONS: [&str; 7] = ["jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff"];
 
@@ -125,7 +146,13 @@ impl StudioApp {
             Action::Job(action) => self.apply_job(action),
             Action::Gallery(action) => self.apply_gallery(action),
             Action::Models(action) => self.apply_models(action),
-            Action::UpdateSettings(settings) => self.state.settings = *settings,
+            Action::Pose(action) => self.apply_pose(action),
+            Action::UpdateSettings(settings) => {
+                let before = PanelValues::of(&self.state.settings);
+                self.state.settings = *settings;
+                self.record_edit(before);
+            }
+            Action::Undo => self.undo(),
             Action::DismissNotice(index) => {
                 if index < self.state.notices.len() {
                     self.state.notices.remove(index);
@@ -141,7 +168,7 @@ impl StudioApp {
                 state.settings.recent_photos.retain(|p| p != &path);
                 state.settings.recent_photos.insert(0, path.clone());
                 state.settings.recent_photos.truncate(MAX_RECENT_PHOTOS);
-                if self.worker.send(Command::AnalyzePhoto { path: path.clone() }) {
+                if self.worker.send(Command::AnalyzePhoto { path: path.clone(), purpose: PhotoPurpose::Identity }) {
                     state.analyzing = Some(path);
                 } else {
                     notify_error(state, "The app is still busy with earlier photos; open this one again in a moment".into());
@@ -215,7 +242,10 @@ impl StudioApp {
                     self.worker.cancel(running.request.job_id);
                 }
             }
-            JobAction::RemoveQueued(job_id) => state.queue.retain(|job| job.job_id != job_id),
+            JobAction::RemoveQueued(job_id) => {
+                state.queue.retain(|job| job.job_id != job_id);
+                state.pose.queue_thumbnails.remove(&job_id);
+            }
             JobAction::MoveQueuedUp(job_id) => {
                 if let Some(i) = state.queue.iter().position(|job| job.job_id == job_id).filter(|&i| i > 0) {
                     state.queue.swap(i, i - 1);
@@ -240,14 +270,16 @@ impl StudioApp {
                 }
             }
             JobAction::RandomExpression => {
+                let before = PanelValues::of(&state.settings);
                 if let Some(target) = &mut state.settings.spec.expression {
                     target.expression = target.expression.randomized(crate::engine::random_seed());
                 }
+                self.record_edit(before);
             }
             JobAction::SetSweepStart(kind) => state.sweep_start.set(kind, &state.settings.spec),
             JobAction::GenerateSweep(kind) => {
                 let sweep = state.sweep_start.sweep(kind);
-                self.queue_job(sweep);
+                self.queue_job(Some(sweep));
             }
             JobAction::BrowseLora => {
                 if let Some(path) = rfd::FileDialog::new().add_filter("LoRA", &["safetensors"]).pick_file() {
@@ -275,10 +307,16 @@ impl StudioApp {
         if !state.settings.seed_locked || state.settings.spec.seed.is_none() {
             state.settings.spec.seed = Some(crate::engine::random_seed());
         }
-        // A sweep of expressions runs with the panel's expression even while it is switched off.
+        // A sweep runs with the panel's pose or expression even while it is switched off.
         let mut sweep_spec = state.settings.job_spec();
-        if let Some(Sweep::Expression { .. }) = &sweep {
-            sweep_spec.expression = state.settings.spec.expression.clone();
+        match &sweep {
+            Some(Sweep::Expression { .. }) => sweep_spec.expression = state.settings.spec.expression.clone(),
+            Some(Sweep::Pose { .. }) => sweep_spec.pose = state.settings.spec.pose.clone(),
+            None => {}
+        }
+        // The head the Pose panel shows is the one the job renders.
+        if let (Some(PoseSpec { target: PoseTarget::Head { mesh, .. }, .. }), Some(head)) = (&mut sweep_spec.pose, &state.pose.head) {
+            *mesh = head.mesh.clone();
         }
         if sweep.is_some() {
             sweep_spec.num_images = sweep_spec.num_images.max(2);
@@ -298,8 +336,89 @@ impl StudioApp {
             gallery_dir,
         };
         state.next_job_id += 1;
+        if let (Some(head), Some(pose)) = (&state.pose.head, request.spec.pose.as_ref().and_then(PoseSpec::head_pose)) {
+            let thumbnail = crate::pose::render_normals_rolled(&head.model, &pose.clamped(), QUEUE_THUMBNAIL_SIDE);
+            let texture = self.ctx.load_texture(format!("queued-pose:{}", request.job_id), color_image(&thumbnail), Default::default());
+            state.pose.queue_thumbnails.insert(request.job_id, texture);
+        }
         state.queue.push_back(request);
         self.start_next_job();
+    }
+
+    fn apply_pose(&mut self, action: PoseAction) {
+        let state = &mut self.state;
+        match action {
+            PoseAction::FromSelectedFace => {
+                let keypoints = state.photo.as_ref().and_then(|p| p.faces.get(p.selected_face?)).map(|face| face.kps);
+                match keypoints {
+                    Some(keypoints) => self.set_pose_from_keypoints(&keypoints),
+                    None => notify_error(state, "Open a photo and pick a face to copy its pose".into()),
+                }
+            }
+            PoseAction::FromPhoto(path) => {
+                if self.worker.send(Command::AnalyzePhoto { path: path.clone(), purpose: PhotoPurpose::Pose }) {
+                    state.pose.fitting = Some(path);
+                } else {
+                    notify_error(state, "The app is still busy with earlier photos; drop this one again in a moment".into());
+                }
+            }
+        }
+    }
+
+    /// Turns the Pose panel's head as the face with these five keypoints is turned, and
+    /// switches the pose on.
+    pub(super) fn set_pose_from_keypoints(&mut self, keypoints: &[[f32; 2]; 5]) {
+        let state = &mut self.state;
+        let Some(head) = &state.pose.head else {
+            notify_error(state, "The head is still loading; try again in a moment".into());
+            return;
+        };
+        let fitted = crate::pose::fit_pose(&head.model, keypoints);
+        let before = PanelValues::of(&state.settings);
+        let pose = state.settings.spec.pose.get_or_insert_with(PoseSpec::default);
+        pose.target = match &pose.target {
+            PoseTarget::Head { pose: old, mesh } => {
+                PoseTarget::Head { pose: HeadPose { yaw: fitted.yaw, pitch: fitted.pitch, roll: fitted.roll, ..*old }, mesh: mesh.clone() }
+            }
+            PoseTarget::Image { .. } => PoseTarget::Head { pose: fitted, mesh: head.mesh.clone() },
+        };
+        state.settings.use_pose = true;
+        self.record_edit(before);
+    }
+
+    /// Remembers `before` as an undo step when the panels' values changed from it; the edits of
+    /// one pointer press (a drag) make one step.
+    fn record_edit(&mut self, before: PanelValues) {
+        let state = &mut self.state;
+        if PanelValues::of(&state.settings) == before {
+            return;
+        }
+        let press = self.ctx.input(|i| if i.pointer.any_down() { i.pointer.press_start_time() } else { None });
+        if press.is_none() || press != state.undo_press {
+            state.undo.push(UndoStep::Edit(Box::new(before)));
+            if state.undo.len() > UNDO_STEPS {
+                state.undo.remove(0);
+            }
+        }
+        state.undo_press = press;
+    }
+
+    fn undo(&mut self) {
+        self.state.undo_press = None;
+        while let Some(step) = self.state.undo.pop() {
+            match step {
+                UndoStep::Edit(values) => {
+                    values.restore_into(&mut self.state.settings);
+                    return;
+                }
+                // Already taken back with the gallery's own button: look further back.
+                UndoStep::Delete if self.state.gallery.last_removed.is_none() => {}
+                UndoStep::Delete => {
+                    self.apply_gallery(GalleryAction::UndoDelete);
+                    return;
+                }
+            }
+        }
     }
 
     fn apply_gallery(&mut self, action: GalleryAction) {
@@ -382,6 +501,7 @@ impl StudioApp {
                 state.models_dir = dir.clone();
                 state.runtime_in_use = None;
                 self.worker.send(Command::UnloadModels { models_dir: dir });
+                self.load_head();
             }
             ModelsAction::ShowWindow(open) => {
                 state.models.window_open = open;

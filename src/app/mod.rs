@@ -6,6 +6,7 @@ mod actions;
 mod gallery_thread;
 mod models_task;
 mod panels;
+mod pose_view;
 pub mod state;
 mod thumbnails;
 
@@ -21,9 +22,9 @@ use crate::gallery::history::SortOrder;
 use crate::gallery::metadata;
 use crate::models::hub::HubConfig;
 use crate::models::{self, ModelsDir};
-use crate::worker::{Command, Event, JobError, Worker};
+use crate::worker::{Command, Event, JobError, PhotoPurpose, Worker};
 use actions::notify_error;
-pub use actions::{Action, GalleryAction, JobAction, ModelsAction, PhotoAction};
+pub use actions::{Action, GalleryAction, JobAction, ModelsAction, PhotoAction, PoseAction};
 use gallery_thread::{GalleryThread, Report as GalleryReport, Request as GalleryRequest};
 use models_task::{ModelsState, ModelsTask};
 use state::*;
@@ -112,7 +113,10 @@ impl StudioApp {
                 pending_faces: VecDeque::new(),
                 runtime_in_use: None,
                 kept_faces: Vec::new(),
+                pose: PoseState::default(),
                 sweep_start: SweepStarts::default(),
+                undo: Vec::new(),
+                undo_press: None,
                 queue: VecDeque::new(),
                 running: None,
                 next_job_id: 1,
@@ -139,10 +143,36 @@ impl StudioApp {
             images_requested: HashSet::new(),
             ctx,
         };
+        app.load_head();
         for photo in photos {
             app.apply(PhotoAction::Open(photo));
         }
         Ok(app)
+    }
+
+    /// Loads the head the models folder prefers for the Pose panel and jobs (in the background).
+    pub(super) fn load_head(&mut self) {
+        let ctx = self.ctx.clone();
+        self.state.pose.loading =
+            Some(pose_view::load_preferred_head(&ModelsDir::new(&self.state.models_dir), move || ctx.request_repaint()));
+    }
+
+    /// Takes the loaded head when it is ready, and draws the panel's pose again if it changed.
+    fn refresh_pose(&mut self) {
+        let pose = &mut self.state.pose;
+        if let Some((head, problem)) = pose.loading.as_ref().and_then(|r| r.try_recv().ok()) {
+            pose.loading = None;
+            pose.head = Some(head);
+            if let Some(problem) = problem {
+                notify_error(&mut self.state, problem);
+            }
+        }
+        let state = &mut self.state;
+        let Some(head) = &state.pose.head else { return };
+        let Some(head_pose) = state.settings.spec.pose.as_ref().and_then(crate::engine::PoseSpec::head_pose) else { return };
+        let job_size = state.settings.spec.size.unwrap_or(crate::engine::TRAINED_SIZE);
+        let dragging = self.ctx.input(|i| i.pointer.any_down());
+        pose_view::refresh(&self.ctx, &mut state.pose.drawing, head, &head_pose, job_size, dragging);
     }
 
     fn start_next_job(&mut self) {
@@ -150,6 +180,7 @@ impl StudioApp {
             return;
         }
         if let Some(request) = self.state.queue.pop_front() {
+            self.state.pose.queue_thumbnails.remove(&request.job_id);
             if !self.worker.send(Command::Generate(Box::new(request.clone()))) {
                 // The worker is gone (it never is: it catches panics) or swamped: keep the job.
                 self.state.queue.push_front(request);
@@ -192,7 +223,28 @@ impl StudioApp {
     fn handle_event(&mut self, event: Event) {
         let state = &mut self.state;
         match event {
-            Event::PhotoAnalyzed { path, photo, faces, crops } => {
+            Event::PhotoAnalyzed { path, purpose: PhotoPurpose::Pose, faces, .. } => {
+                state.busy = None;
+                if state.pose.fitting.as_ref() == Some(&path) {
+                    state.pose.fitting = None;
+                }
+                match crate::face::largest_face(&faces) {
+                    Some(largest) => {
+                        let keypoints = faces[largest].kps;
+                        self.set_pose_from_keypoints(&keypoints);
+                        self.state.notices.push(Notice { text: format!("Pose copied from {}", crate::file_name(&path)), is_error: false });
+                    }
+                    None => notify_error(state, format!("No face found in {}, so no pose to copy", crate::file_name(&path))),
+                }
+            }
+            Event::PhotoFailed { path, purpose: PhotoPurpose::Pose, message } => {
+                state.busy = None;
+                if state.pose.fitting.as_ref() == Some(&path) {
+                    state.pose.fitting = None;
+                }
+                notify_error(state, message);
+            }
+            Event::PhotoAnalyzed { path, purpose: PhotoPurpose::Identity, photo, faces, crops } => {
                 state.busy = None;
                 if state.analyzing.as_ref() == Some(&path) {
                     state.analyzing = None;
@@ -227,7 +279,7 @@ impl StudioApp {
                     }
                 }
             }
-            Event::PhotoFailed { path, message } => {
+            Event::PhotoFailed { path, purpose: PhotoPurpose::Identity, message } => {
                 state.busy = None;
                 state.pending_faces.clear();
                 if state.analyzing.as_ref() == Some(&path) {
@@ -322,6 +374,7 @@ impl StudioApp {
                     let count = removed.entries().len();
                     gallery.entries = entries;
                     gallery.last_removed = Some(removed);
+                    state.undo.push(UndoStep::Delete);
                     gallery.selection.clear();
                     gallery.opened = None;
                     gallery.comparing = None;
@@ -393,6 +446,9 @@ impl StudioApp {
 
     fn handle_input(&mut self, ctx: &egui::Context) {
         let dropped: Vec<PathBuf> = ctx.input(|i| i.raw.dropped_files.iter().map(|f| f.path().to_path_buf()).collect());
+        // A photo dropped on the Pose panel lends its pose, not its face.
+        let on_pose_panel =
+            ctx.input(|i| i.pointer.hover_pos()).is_some_and(|at| panels::pose_drop_zone(ctx).is_some_and(|zone| zone.contains(at)));
         for path in dropped {
             // An image this app made carries its settings (a few bytes before the pixels).
             let made_here = path
@@ -404,6 +460,7 @@ impl StudioApp {
             match made_here {
                 Some(metadata) => self.apply(PhotoAction::RestoreFrom { path, metadata: Box::new(metadata) }),
                 None if is_lora => self.apply(JobAction::AddLora(path)),
+                None if on_pose_panel => self.apply(PoseAction::FromPhoto(path)),
                 None => self.apply(PhotoAction::Open(path)),
             }
         }
@@ -413,12 +470,14 @@ impl StudioApp {
             (KeyboardShortcut::new(Modifiers::COMMAND, Key::O), PhotoAction::Browse.into()),
             (KeyboardShortcut::new(Modifiers::COMMAND, Key::E), GalleryAction::BrowseExport.into()),
             (KeyboardShortcut::new(Modifiers::COMMAND, Key::A), GalleryAction::SelectAll.into()),
-            (KeyboardShortcut::new(Modifiers::COMMAND, Key::Z), GalleryAction::UndoDelete.into()),
+            (KeyboardShortcut::new(Modifiers::COMMAND, Key::Z), Action::Undo),
             (KeyboardShortcut::new(Modifiers::NONE, Key::Delete), GalleryAction::DeleteSelected.into()),
             (KeyboardShortcut::new(Modifiers::NONE, Key::Escape), JobAction::CancelRunning.into()),
         ];
+        // A text field being typed in keeps its own shortcuts (its own undo, select all).
+        let typing = ctx.egui_wants_keyboard_input();
         for (shortcut, action) in shortcuts {
-            if ctx.input_mut(|i| i.consume_shortcut(&shortcut)) {
+            if !typing && ctx.input_mut(|i| i.consume_shortcut(&shortcut)) {
                 self.apply(action);
             }
         }
@@ -451,6 +510,7 @@ impl eframe::App for StudioApp {
         self.load_gallery_images();
         let ctx = ui.ctx().clone();
         self.handle_input(&ctx);
+        self.refresh_pose();
         let actions = panels::show(ui, &self.state);
         for action in actions {
             self.apply(action);

@@ -8,10 +8,12 @@ use egui::TextureHandle;
 use serde::{Deserialize, Serialize};
 
 use super::models_task::ModelsState;
-use crate::engine::{ExpressionSpec, FaceRef, GenerationSpec, Sweep};
+use super::pose_view::{Head, PoseDrawing};
+use crate::engine::{ExpressionSpec, FaceRef, GenerationSpec, PoseSpec, Sweep};
 use crate::expression::Expression;
 use crate::face::Face;
 use crate::gallery::history::{GalleryEntry, Removed, SortOrder};
+use crate::pose::HeadPose;
 use crate::worker::GenerationRequest;
 
 /// What persists across runs (eframe storage). Every field has a default, so a settings file
@@ -38,7 +40,12 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            spec: GenerationSpec { seed: Some(0), expression: Some(ExpressionSpec::default()), ..Default::default() },
+            spec: GenerationSpec {
+                seed: Some(0),
+                pose: Some(PoseSpec::default()),
+                expression: Some(ExpressionSpec::default()),
+                ..Default::default()
+            },
             use_pose: false,
             use_expression: false,
             eyelids_linked: true,
@@ -98,12 +105,15 @@ pub const MAX_RECENT_PHOTOS: usize = 8;
 /// What a sweep varies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SweepKind {
+    Pose,
     Expression,
 }
 
 /// Where the next sweep of each kind starts (it ends at the panels' current value).
 #[derive(Debug, Clone, Default)]
 pub struct SweepStarts {
+    /// Frontal when not set.
+    pub pose: Option<HeadPose>,
     /// Neutral when not set.
     pub expression: Option<Expression>,
 }
@@ -112,16 +122,71 @@ impl SweepStarts {
     /// Remembers the spec's current value of `kind` as a sweep's start.
     pub fn set(&mut self, kind: SweepKind, spec: &GenerationSpec) {
         match kind {
+            SweepKind::Pose => self.pose = spec.pose.as_ref().and_then(PoseSpec::head_pose),
             SweepKind::Expression => self.expression = spec.expression.as_ref().map(|e| e.expression.clone()),
         }
     }
 
     /// The sweep of `kind` from its start.
-    pub fn sweep(&self, kind: SweepKind) -> Option<Sweep> {
+    pub fn sweep(&self, kind: SweepKind) -> Sweep {
         match kind {
-            SweepKind::Expression => Some(Sweep::Expression { from: self.expression.clone().unwrap_or_default() }),
+            SweepKind::Pose => Sweep::Pose { from: self.pose.unwrap_or_default() },
+            SweepKind::Expression => Sweep::Expression { from: self.expression.clone().unwrap_or_default() },
         }
     }
+}
+
+/// The values the Pose and Expression panels edit, as one step of Undo takes them back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PanelValues {
+    pub pose: Option<PoseSpec>,
+    pub expression: Option<ExpressionSpec>,
+    pub use_pose: bool,
+    pub use_expression: bool,
+}
+
+impl PanelValues {
+    pub fn of(settings: &Settings) -> Self {
+        PanelValues {
+            pose: settings.spec.pose.clone(),
+            expression: settings.spec.expression.clone(),
+            use_pose: settings.use_pose,
+            use_expression: settings.use_expression,
+        }
+    }
+
+    pub fn restore_into(self, settings: &mut Settings) {
+        settings.spec.pose = self.pose;
+        settings.spec.expression = self.expression;
+        settings.use_pose = self.use_pose;
+        settings.use_expression = self.use_expression;
+    }
+}
+
+/// One step Ctrl+Z takes back, newest last.
+#[derive(Debug, Clone)]
+pub enum UndoStep {
+    /// The pose and expression as they were before an edit.
+    Edit(Box<PanelValues>),
+    /// Images moved to the trash (the gallery keeps what it needs to bring them back).
+    Delete,
+}
+
+/// How many steps Undo keeps.
+pub const UNDO_STEPS: usize = 100;
+
+/// The Pose panel's head and what is drawn of it.
+#[derive(Default)]
+pub struct PoseState {
+    /// The head the panel shows and jobs render; `None` until it is loaded.
+    pub head: Option<Head>,
+    /// The head being loaded (after start and whenever the models folder changes).
+    pub loading: Option<crossbeam_channel::Receiver<(Head, Option<String>)>>,
+    pub drawing: Option<PoseDrawing>,
+    /// A photo dropped on the Pose panel, being analysed for its pose.
+    pub fitting: Option<PathBuf>,
+    /// The pose thumbnail of each queued job that has one, by job id.
+    pub queue_thumbnails: HashMap<u64, TextureHandle>,
 }
 
 /// The photo being worked on.
@@ -225,7 +290,13 @@ pub struct AppState {
     /// Photos to open and faces to select, in turn, to restore an image's identity.
     pub pending_faces: VecDeque<(PathBuf, usize)>,
     pub kept_faces: Vec<KeptFace>,
+    pub pose: PoseState,
     pub sweep_start: SweepStarts,
+    /// What Ctrl+Z takes back, newest last.
+    pub undo: Vec<UndoStep>,
+    /// The pointer press (its start time) whose edits are being recorded as one undo step: a
+    /// drag changes the values every frame.
+    pub undo_press: Option<f64>,
     pub queue: VecDeque<GenerationRequest>,
     pub running: Option<RunningJob>,
     pub next_job_id: u64,

@@ -20,8 +20,11 @@ use crate::diffusion::unet::{Conditioning, ExpressionTokens, UNet, UNetConfig};
 use crate::diffusion::vae::{self, Vae, VaeConfig};
 use crate::models::weights::{SafetensorsFile, Weights};
 use crate::models::{self, ModelError, ModelFile, ModelsDir, first_line};
+use crate::pose::{self, HeadModel};
 pub use runtime::{DeviceChoice, Precision, Runtime, RuntimeSpec};
-pub use spec::{ExpressionSpec, FaceRef, GenerationSpec, IdentitySource, ImageMetadata, LoadedFile, LoraSpec, PoseSpec, PoseTarget, Sweep};
+pub use spec::{
+    ExpressionSpec, FaceRef, GenerationSpec, HeadMesh, IdentitySource, ImageMetadata, LoadedFile, LoraSpec, PoseSpec, PoseTarget, Sweep,
+};
 
 /// The largest image side we accept: attention memory grows with the fourth power of the side.
 pub const MAX_SIZE: usize = 1024;
@@ -80,6 +83,10 @@ impl EngineError {
         }
     }
 }
+
+/// The image side Arc2Face was trained at: a spec without a size gets the models' own, this for
+/// the real models (the UI assumes it before the models are loaded).
+pub const TRAINED_SIZE: usize = 512;
 
 /// A batch of images of one identity, as the spec describes it.
 pub struct Job {
@@ -165,6 +172,8 @@ pub struct Arc2FacePipeline {
     vae_config: VaeConfig,
     /// Loaded with the first job that asks for a pose.
     controlnet: Option<ControlNet>,
+    /// The head mesh the last pose was rendered with.
+    head: Option<(HeadMesh, HeadModel)>,
     /// Loaded (and attached to the UNet) with the first job that asks for an expression.
     expression_adapter: Option<ExpressionAdapter>,
     schedule: NoiseSchedule,
@@ -253,6 +262,7 @@ impl Arc2FacePipeline {
             lora_files: Vec::new(),
             controlnet_files: Vec::new(),
             adapter_files: Vec::new(),
+            head: None,
         })
     }
 
@@ -261,6 +271,11 @@ impl Arc2FacePipeline {
     pub fn prepare(&mut self, spec: &GenerationSpec) -> Result<(), EngineError> {
         if spec.pose.is_some() && self.controlnet.is_none() {
             self.controlnet = Some(self.load_controlnet()?);
+        }
+        if let Some(PoseSpec { target: PoseTarget::Head { mesh, .. }, .. }) = &spec.pose
+            && self.head.as_ref().is_none_or(|(loaded, _)| loaded != mesh)
+        {
+            self.head = Some((mesh.clone(), load_head(&self.models, mesh)?));
         }
         if spec.loras != self.unet_loras || self.unet.is_none() {
             self.rebuild_unet(spec)?;
@@ -414,7 +429,14 @@ impl Arc2FacePipeline {
     pub fn files_for(&self, spec: &GenerationSpec) -> Vec<LoadedFile> {
         let controlnet = spec.pose.is_some().then_some(&self.controlnet_files).into_iter().flatten();
         let adapter = spec.expression.is_some().then_some(&self.adapter_files).into_iter().flatten();
-        self.files.iter().chain(&self.lora_files).chain(controlnet).chain(adapter).cloned().collect()
+        let head = match &spec.pose {
+            Some(PoseSpec { target: PoseTarget::Head { mesh: HeadMesh::Flame { file }, .. }, .. }) => {
+                let bytes = std::fs::metadata(self.models.root().join(file)).map(|m| m.len()).unwrap_or(0);
+                Some(LoadedFile { path: file.clone(), bytes })
+            }
+            _ => None,
+        };
+        self.files.iter().chain(&self.lora_files).chain(controlnet).chain(adapter).cloned().chain(head).collect()
     }
 
     /// The shape of one image's latents at `size` pixels.
@@ -499,7 +521,7 @@ impl Arc2FacePipeline {
                     ));
                 }
                 (PoseTarget::Image { file }, None) => return input(format!("the pose image {file} was not given with the job")),
-                (PoseTarget::Image { .. }, Some(_)) => {}
+                (PoseTarget::Image { .. }, Some(_)) | (PoseTarget::Head { .. }, _) => {}
             }
         }
         Ok(())
@@ -538,6 +560,10 @@ impl Arc2FacePipeline {
                 return Ok(JobOutcome::Cancelled);
             };
             let image = self.decode(&latents)?.remove(0);
+            let image = match spec.pose.as_ref().map(PoseSpec::roll) {
+                Some(roll) if roll != 0.0 => pose::rotate_image(&image, roll),
+                _ => image,
+            };
             let metadata =
                 ImageMetadata { job: job_number, sweep: job.spec.sweep.clone(), ..self.metadata(spec, index, job.spec.num_images) };
             on_image(GeneratedImage { index, image, latents, metadata })?;
@@ -549,11 +575,18 @@ impl Arc2FacePipeline {
     /// 8-bit image divided by 255 as diffusers prepares it, once per half of the guidance batch.
     fn control_image(&self, spec: &GenerationSpec, pose_image: Option<&RgbImage>, batch: usize) -> Result<Option<Tensor>, EngineError> {
         let Some(pose) = &spec.pose else { return Ok(None) };
-        let image = match (&pose.target, pose_image) {
-            (PoseTarget::Image { .. }, Some(image)) => image,
-            (PoseTarget::Image { file }, None) => {
+        let size = self.size_of(spec);
+        let rendered;
+        let image = match (&pose.target, pose_image, &self.head) {
+            (PoseTarget::Image { .. }, Some(image), _) => image,
+            (PoseTarget::Image { file }, None, _) => {
                 return Err(EngineError::Input(format!("the pose image {file} was not given with the job")));
             }
+            (PoseTarget::Head { pose, .. }, _, Some((_, head))) => {
+                rendered = pose::render_normals(head, &pose.clamped(), size);
+                &rendered
+            }
+            (PoseTarget::Head { .. }, _, None) => return Err(EngineError::Compute("the head mesh is not loaded".into())),
         };
         let (width, height) = (image.width() as usize, image.height() as usize);
         let pixels = Tensor::from_vec(image.as_raw().clone(), (height, width, 3), &self.runtime.device)?;
@@ -658,6 +691,20 @@ impl Arc2FacePipeline {
     pub fn decode(&self, latents: &Tensor) -> Result<Vec<RgbImage>, EngineError> {
         let decoded = self.vae.decode(&latents.to_dtype(self.runtime.dtype)?)?;
         Ok(vae::to_rgb_images(&decoded)?)
+    }
+}
+
+/// The head mesh `mesh` names: the built-in one, or a FLAME file of the models folder.
+pub fn load_head(models: &ModelsDir, mesh: &HeadMesh) -> Result<HeadModel, EngineError> {
+    match mesh {
+        HeadMesh::Builtin => HeadModel::builtin().map_err(EngineError::Compute),
+        HeadMesh::Flame { file } => {
+            let path = models.root().join(file);
+            if !path.is_file() {
+                return Err(ModelError::Missing { path, what: "FLAME head model" }.into());
+            }
+            Ok(HeadModel::from_flame_file(&path).map_err(|e| ModelError::invalid(&path, e))?)
+        }
     }
 }
 

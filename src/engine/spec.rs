@@ -15,6 +15,7 @@ use super::runtime::RuntimeSpec;
 use crate::diffusion::schedulers::Sampler;
 use crate::expression::Expression;
 use crate::models;
+use crate::pose::HeadPose;
 
 /// The version of [`ImageMetadata`]'s layout; version 1 (app 0.1.0) was flat, without `spec`.
 pub const METADATA_FORMAT: u32 = 2;
@@ -80,6 +81,11 @@ impl GenerationSpec {
             Some(Sweep::Expression { from }) => {
                 if let Some(target) = &mut image.expression {
                     target.expression = from.lerp(&target.expression, t);
+                }
+            }
+            Some(Sweep::Pose { from }) => {
+                if let Some(PoseSpec { target: PoseTarget::Head { pose, .. }, .. }) = &mut image.pose {
+                    *pose = from.lerp(pose, t as f64);
                 }
             }
         }
@@ -169,7 +175,12 @@ pub struct PoseSpec {
 
 impl Default for PoseSpec {
     fn default() -> Self {
-        Self { target: PoseTarget::Image { file: String::new() }, controlnet_scale: 1.0, control_start: 0.0, control_end: 1.0 }
+        Self {
+            target: PoseTarget::Head { pose: HeadPose::FRONTAL, mesh: HeadMesh::Builtin },
+            controlnet_scale: 1.0,
+            control_start: 0.0,
+            control_end: 1.0,
+        }
     }
 }
 
@@ -178,6 +189,19 @@ impl PoseSpec {
     pub fn active_at(&self, step: usize, steps: usize) -> bool {
         let (start, end) = (step as f64 / steps as f64, (step + 1) as f64 / steps as f64);
         !(start < self.control_start || end > self.control_end)
+    }
+
+    /// The head's pose, when the target is a head.
+    pub fn head_pose(&self) -> Option<HeadPose> {
+        match &self.target {
+            PoseTarget::Head { pose, .. } => Some(*pose),
+            PoseTarget::Image { .. } => None,
+        }
+    }
+
+    /// The degrees the finished image is turned by (a head's roll; a given image has none).
+    pub fn roll(&self) -> f64 {
+        self.head_pose().map_or(0.0, |pose| pose.clamped().roll)
     }
 }
 
@@ -201,14 +225,45 @@ impl Default for ExpressionSpec {
 pub enum Sweep {
     /// From this expression to the spec's.
     Expression { from: Expression },
+    /// From this head pose to the spec's.
+    Pose { from: HeadPose },
 }
 
 /// What the pose ControlNet is shown.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PoseTarget {
+    /// A head in this pose, rendered as a normal map at the image size (roll turns the finished
+    /// image instead: see [`crate::pose`]).
+    Head {
+        pose: HeadPose,
+        #[serde(default)]
+        mesh: HeadMesh,
+    },
     /// A conditioning image given as it is (its file name; the pixels travel with the job).
     Image { file: String },
+}
+
+/// The head mesh a pose is rendered with.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum HeadMesh {
+    /// The ICT-FaceKit head compiled into the app.
+    #[default]
+    Builtin,
+    /// A FLAME model file in the models folder (its path relative to the folder).
+    Flame { file: String },
+}
+
+impl HeadMesh {
+    /// The mesh closest to the ControlNet's training renders that `models` has: a FLAME model
+    /// file when there is one, else the built-in head.
+    pub fn preferred(models: &models::ModelsDir) -> HeadMesh {
+        match models.flame_model() {
+            Some(file) => HeadMesh::Flame { file: file.into() },
+            None => HeadMesh::Builtin,
+        }
+    }
 }
 
 /// Where a job's identity came from.

@@ -154,6 +154,11 @@ pub const LCM_LORA: ModelFile = ModelFile {
     typical_bytes: 135_000_000,
 };
 
+/// Where a FLAME model file may be in the models folder, in order of preference (FLAME 2023 Open,
+/// then FLAME 2020). FLAME needs a registration to download, so the app never fetches it; the
+/// user puts the file there and pose renders use it instead of the built-in head.
+pub const FLAME_MODEL_PATHS: [&str; 2] = ["flame/flame2023.pkl", "flame/generic_model.pkl"];
+
 /// The files a generation needs.
 pub const GENERATION_FILES: [ModelFile; 7] =
     [UNET_CONFIG, UNET_WEIGHTS, ENCODER_CONFIG, ENCODER_WEIGHTS, VAE_CONFIG, VAE_WEIGHTS, SCHEDULER_CONFIG];
@@ -205,6 +210,11 @@ impl ModelsDir {
     pub fn existing(&self, file: ModelFile) -> Result<PathBuf, ModelError> {
         let path = self.path(file);
         if path.is_file() { Ok(path) } else { Err(ModelError::Missing { path, what: file.what }) }
+    }
+
+    /// The FLAME model file the folder has, if any ([`FLAME_MODEL_PATHS`]), relative to it.
+    pub fn flame_model(&self) -> Option<&'static str> {
+        FLAME_MODEL_PATHS.into_iter().find(|path| self.root.join(path).is_file())
     }
 
     /// Checks every file a generation needs, so that a user learns of all missing files at once.

@@ -146,6 +146,7 @@ fn strip_groups<'a>(entries: impl IntoIterator<Item = &'a GalleryEntry>) -> Vec<
 
 fn sweep_group(ui: &mut Ui, state: &AppState, sweep: &[&GalleryEntry], actions: &mut Vec<Action>) {
     let kind = match sweep[0].metadata.sweep {
+        Some(crate::engine::Sweep::Pose { .. }) => "Pose sweep",
         Some(crate::engine::Sweep::Expression { .. }) | None => "Expression sweep",
     };
     egui::Frame::group(ui.style()).show(ui, |ui| {

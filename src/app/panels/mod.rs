@@ -5,7 +5,10 @@ mod expression;
 mod gallery;
 mod models;
 mod photo;
+mod pose;
 mod settings;
+
+pub use pose::pose_drop_zone;
 
 use egui::{Color32, Ui};
 
@@ -32,6 +35,7 @@ pub fn show(ui: &mut Ui, state: &AppState) -> Vec<Action> {
         egui::ScrollArea::vertical().show(ui, |ui| {
             // The panels edit a copy of the settings; a changed copy comes back as one action.
             let mut settings = state.settings.clone();
+            egui::CollapsingHeader::new("Pose").default_open(true).show(ui, |ui| pose::pose(ui, state, &mut settings, &mut actions));
             egui::CollapsingHeader::new("Expression")
                 .default_open(true)
                 .show(ui, |ui| expression::expression(ui, state, &mut settings, &mut actions));
@@ -64,14 +68,18 @@ pub(super) fn short_duration(seconds: f64) -> String {
 /// A sweep's controls: remember the current value as the start, and queue the sweep from it to
 /// the current value, one seed across the settings' number of images.
 fn sweep_row(ui: &mut Ui, state: &AppState, kind: SweepKind, actions: &mut Vec<Action>) {
+    let what = match kind {
+        SweepKind::Pose => "pose",
+        SweepKind::Expression => "expression",
+    };
     ui.horizontal(|ui| {
-        if ui.button("Sweep from here").on_hover_text("Remember this as the start of a sweep").clicked() {
+        if ui.button(format!("Sweep from this {what}")).on_hover_text(format!("Remember this {what} as the start of a sweep")).clicked() {
             actions.push(JobAction::SetSweepStart(kind).into());
         }
         let images = state.settings.spec.num_images.max(2);
         let can_generate = state.photo.as_ref().is_some_and(|p| p.selected_face.is_some());
-        let hint = "One seed, the settings' number of images, from the remembered start to what is set now";
-        if ui.add_enabled(can_generate, egui::Button::new(format!("Sweep to here ({images} images)"))).on_hover_text(hint).clicked() {
+        let hint = format!("One seed, {images} images, from the remembered {what} to this one");
+        if ui.add_enabled(can_generate, egui::Button::new(format!("Sweep to this {what}"))).on_hover_text(hint).clicked() {
             actions.push(JobAction::GenerateSweep(kind).into());
         }
     });

@@ -4,6 +4,7 @@ use egui::{RichText, Ui};
 
 use super::super::state::*;
 use super::super::{Action, JobAction, ModelsAction};
+use crate::engine::TRAINED_SIZE;
 
 pub(super) fn settings(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
     ui.heading("Settings");
@@ -96,9 +97,9 @@ fn runtime_settings(ui: &mut Ui, state: &AppState, settings: &mut Settings) {
     use crate::engine::{DeviceChoice, Precision, runtime::CUDA_BUILD};
     let spec = &mut settings.spec;
     egui::ComboBox::from_label("Size")
-        .selected_text(spec.size.map_or("Model's own (512)".to_string(), |s| format!("{s} × {s}")))
+        .selected_text(spec.size.map_or(format!("Model's own ({TRAINED_SIZE})"), |s| format!("{s} × {s}")))
         .show_ui(ui, |ui| {
-            ui.selectable_value(&mut spec.size, None, "Model's own (512)");
+            ui.selectable_value(&mut spec.size, None, format!("Model's own ({TRAINED_SIZE})"));
             for side in [256, 384, 512, 640, 768, 1024] {
                 ui.selectable_value(&mut spec.size, Some(side), format!("{side} × {side}"));
             }
@@ -152,6 +153,9 @@ pub(super) fn queue(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
     ui.label(format!("Queued ({})", state.queue.len()));
     for (position, job) in state.queue.iter().enumerate() {
         ui.horizontal(|ui| {
+            if let Some(thumbnail) = state.pose.queue_thumbnails.get(&job.job_id) {
+                ui.add(egui::Image::new(thumbnail).fit_to_exact_size(egui::Vec2::splat(24.0))).on_hover_text("The job's head pose");
+            }
             let seed = job.spec.seed.map_or("—".to_string(), |s| s.to_string());
             ui.label(format!("{} image(s), {} steps, seed {seed}", job.spec.num_images, job.spec.steps));
             if position > 0 && ui.small_button("Up").on_hover_text("Run earlier").clicked() {
