@@ -14,7 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::diffusion::schedulers::Sampler;
 use crate::engine::{
     Arc2FacePipeline, DeviceChoice, EngineError, ExpressionSpec, FaceRef, Flow, GeneratedImage, GenerationSpec, HeadMesh, IdentitySource,
-    Job, JobOutcome, LoraSpec, PoseSpec, PoseTarget, Precision, RuntimeSpec, StepProgress, load_head,
+    Job, JobOutcome, LoraSpec, PoseSpec, PoseTarget, Precision, ReferenceSpec, RuntimeSpec, StepProgress, load_head,
 };
 use crate::expression::Expression;
 use crate::face::{self, FaceAnalyzer};
@@ -162,6 +162,16 @@ pub struct GenerateArgs {
     /// Which face of the --pose-from-photo photo; default the largest.
     #[arg(long, requires = "pose_from_photo")]
     pub pose_face: Option<usize>,
+    /// Keep this photo's look (background, light, clothes) through the Reference Adapter; the
+    /// photo is aligned on its largest face (or --reference-face).
+    #[arg(long, value_name = "PHOTO")]
+    pub reference: Option<PathBuf>,
+    /// Which face of the --reference photo to align it on; default the largest.
+    #[arg(long, requires = "reference", conflicts_with = "reference_aligned")]
+    pub reference_face: Option<usize>,
+    /// The --reference file is already an aligned portrait: it is only resized.
+    #[arg(long, requires = "reference")]
+    pub reference_aligned: bool,
     /// Initial latents (N, C, h, w) float32 .npy instead of seeded noise; a --seed given too
     /// only feeds the noise euler-a and lcm add at each step.
     #[arg(long)]
@@ -233,6 +243,10 @@ pub struct SettingsArgs {
     /// How much the expression's attention counts [default: 1.0].
     #[arg(long)]
     pub expression_scale: Option<f64>,
+    /// How much the Reference Adapter's LoRA counts, 0 to 1: lower keeps the expression truer,
+    /// higher the photo's background and pose [default: 0.8].
+    #[arg(long)]
+    pub reference_scale: Option<f64>,
     /// auto, cpu, cuda or cuda:N [default: auto: CUDA when this build has it and a GPU answers].
     #[arg(long, value_parser = DeviceChoice::parse)]
     pub device: Option<DeviceChoice>,
@@ -260,6 +274,7 @@ impl SettingsArgs {
             control_end,
             expression,
             expression_scale,
+            reference_scale,
             device,
             dtype,
         } = self;
@@ -308,6 +323,9 @@ impl SettingsArgs {
         if let (Some(expression), Some(scale)) = (&mut spec.expression, expression_scale) {
             expression.scale = *scale;
         }
+        if let (Some(reference), Some(scale)) = (&mut spec.reference, reference_scale) {
+            reference.scale = *scale;
+        }
         if let Some(device) = device {
             spec.runtime.device = *device;
         }
@@ -338,14 +356,19 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         }
         None => GenerationSpec::default(),
     };
+    if let Some(path) = &args.reference {
+        let photo = crate::file_name(path);
+        spec.reference = Some(ReferenceSpec { photo, face: None, ..spec.reference.clone().unwrap_or_default() });
+    }
     args.settings.apply(&mut spec);
     let models = ModelsDir::new(&args.models);
+    let mut analysed = Vec::new();
     let identity = match &args.embedding {
         Some(path) => {
             spec.identity = IdentitySource::Embedding { file: crate::file_name(path) };
             read_identity(path, &models)?
         }
-        None => identity_from_photos(&args, &mut spec)?,
+        None => identity_from_photos(&args, &mut spec, &mut analysed)?,
     };
     if let Some(photo) = &args.pose_from_photo {
         let mesh = HeadMesh::preferred(&models);
@@ -383,7 +406,17 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         }
         _ => None,
     };
-    let job = Job { spec, identity, initial_latents, pose_image };
+    let size = pipeline.size_of(&spec);
+    let reference_image = match (&mut spec.reference, &args.reference) {
+        (Some(reference), Some(path)) => {
+            let (image, face) = reference_photo(&args, path, size, &mut analysed)?;
+            reference.face = face;
+            Some(image)
+        }
+        (Some(reference), None) => bail!("the settings keep the look of the photo {}: give it with --reference", reference.photo),
+        (None, _) => None,
+    };
+    let job = Job { spec, identity, initial_latents, pose_image, reference_image };
     pipeline.check(&job)?;
 
     let interrupted = interrupt_flag();
@@ -663,30 +696,78 @@ fn faces(args: FacesArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A photo and the faces found in it, kept so that a photo given twice (`--photo` and
+/// `--reference`) is analysed once.
+struct Analysed {
+    path: PathBuf,
+    photo: image::RgbImage,
+    faces: Vec<face::Face>,
+}
+
+/// The photo at `path` and its faces, analysed now unless `analysed` has it.
+fn analyse<'a>(models: &Path, path: &Path, det_size: usize, analysed: &'a mut Vec<Analysed>) -> anyhow::Result<&'a Analysed> {
+    let index = match analysed.iter().position(|a| a.path == path) {
+        Some(index) => index,
+        None => {
+            // The models first: a missing one is the thing to fix before any photo.
+            let mut analyzer = load_face_analyzer(models)?;
+            let photo = face::photo::load_photo(path)?;
+            let faces = analyzer.analyze(&photo, det_size)?;
+            analysed.push(Analysed { path: path.to_path_buf(), photo, faces });
+            analysed.len() - 1
+        }
+    };
+    Ok(&analysed[index])
+}
+
+/// Face `chosen` of `analysed` (default the largest), with its number; `flag` names the option
+/// that chose it, for messages.
+fn chosen_face<'a>(analysed: &'a Analysed, chosen: Option<usize>, flag: &str) -> anyhow::Result<(usize, &'a face::Face)> {
+    let Some(largest) = face::largest_face(&analysed.faces) else {
+        bail!("{}: no face found; try a photo with more margin around the face", analysed.path.display());
+    };
+    let index = chosen.unwrap_or(largest);
+    match analysed.faces.get(index) {
+        Some(face) => Ok((index, face)),
+        None => bail!("{}: {flag} {index} but the photo has {} face(s), numbered from 0", analysed.path.display(), analysed.faces.len()),
+    }
+}
+
 /// The identity of the chosen face (default the largest) of each photo, combined into one; the
 /// spec records which faces they were.
-fn identity_from_photos(args: &GenerateArgs, spec: &mut GenerationSpec) -> anyhow::Result<Vec<f32>> {
+fn identity_from_photos(args: &GenerateArgs, spec: &mut GenerationSpec, analysed: &mut Vec<Analysed>) -> anyhow::Result<Vec<f32>> {
     if args.face.is_some() && args.photo.len() > 1 {
         bail!("--face picks a face of a single photo; with several photos the largest face of each is used");
     }
-    let mut analyzer = load_face_analyzer(&args.models)?;
     let mut embeddings = Vec::new();
     let mut faces_used = Vec::new();
     for path in &args.photo {
-        let photo = face::photo::load_photo(path)?;
-        let mut faces = analyzer.analyze(&photo, args.det_size)?;
-        let Some(largest) = face::largest_face(&faces) else {
-            bail!("{}: no face found; try a photo with more margin around the face", path.display());
-        };
-        let index = args.face.unwrap_or(largest);
-        if index >= faces.len() {
-            bail!("{}: --face {index} but the photo has {} face(s), numbered from 0", path.display(), faces.len());
-        }
-        embeddings.push(faces.swap_remove(index).embedding);
+        let photo = analyse(&args.models, path, args.det_size, analysed)?;
+        let (index, face) = chosen_face(photo, args.face, "--face")?;
+        embeddings.push(face.embedding.clone());
         faces_used.push(FaceRef { photo: crate::file_name(path), face: index });
     }
     spec.identity = IdentitySource::Faces { faces: faces_used };
     Ok(face::mean_identity(&embeddings))
+}
+
+/// The Reference Adapter's photo at `size`: FFHQ-aligned on its chosen face, or only resized
+/// when it is already aligned; with the face it was aligned on.
+fn reference_photo(
+    args: &GenerateArgs,
+    path: &Path,
+    size: usize,
+    analysed: &mut Vec<Analysed>,
+) -> anyhow::Result<(image::RgbImage, Option<usize>)> {
+    if args.reference_aligned {
+        let photo = face::photo::load_photo(path)?;
+        return Ok((face::resize::bilinear(&photo, size, size), None));
+    }
+    let photo = analyse(&args.models, path, args.det_size, analysed)?;
+    let (index, face) = chosen_face(photo, args.reference_face, "--reference-face")?;
+    let aligned = face::align::ffhq_crop(&photo.photo, &face.kps, size as u32)
+        .with_context(|| format!("{}: face {index}'s keypoints cannot be aligned", path.display()))?;
+    Ok((aligned, Some(index)))
 }
 
 /// A raw identity vector from a `.npy` of shape (D,) or (1, D): finite, not zero, and as long

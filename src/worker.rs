@@ -50,6 +50,15 @@ pub struct GenerationRequest {
     pub identity: Vec<f32>,
     /// Where finished images are written (the gallery's folder).
     pub gallery_dir: PathBuf,
+    /// The photo whose look the images keep, when the spec has a reference.
+    pub reference: Option<ReferencePhoto>,
+}
+
+/// A photo and the keypoints of the face it is aligned on.
+#[derive(Debug, Clone)]
+pub struct ReferencePhoto {
+    pub path: PathBuf,
+    pub keypoints: [[f32; 2]; 5],
 }
 
 /// Why a job failed, with the kind of trouble so that the UI can suggest a fix.
@@ -258,7 +267,17 @@ impl WorkerState {
             }
         };
         let pipeline = self.pipeline.insert(pipeline);
-        let job = Job { spec: request.spec.clone(), identity: request.identity.clone(), initial_latents: None, pose_image: None };
+        let reference_image = match &request.reference {
+            Some(reference) if request.spec.reference.is_some() => {
+                let bad_input = |message: String| JobError { kind: ErrorKind::BadInput, message };
+                let photo = face::photo::load_photo(&reference.path).map_err(|e| bad_input(e.to_string()))?;
+                let size = pipeline.size_of(&request.spec) as u32;
+                let aligned = face::align::ffhq_crop(&photo, &reference.keypoints, size);
+                Some(aligned.ok_or_else(|| bad_input("the reference face's keypoints cannot be aligned".into()))?)
+            }
+            _ => None,
+        };
+        let job = Job { reference_image, ..Job::new(request.spec.clone(), request.identity.clone()) };
         let (events, wake, cancelled) = (&self.events, &self.wake, &self.cancelled_job);
         // Previews turn with the head's roll as the finished images will.
         let rolls: Vec<f64> =

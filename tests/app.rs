@@ -351,13 +351,13 @@ fn the_models_window_downloads_what_is_missing_shows_failures_and_retries() {
     harness.run();
     assert!(harness.query_by_label("arcface.onnx").is_some(), "the window lists every file");
     assert_eq!(harness.query_all_by_label_contains("non-commercial research only").count(), 2, "licences are shown");
-    harness.get_by_label("Download (13)").click();
+    harness.get_by_label("Download (14)").click();
     harness.step();
     run_until(&mut harness, "the downloads", |app| app.state.models.task.is_none());
 
     let models = &harness.state().state.models;
     let present = models.statuses.iter().filter(|s| matches!(s.state, FileState::Present { .. })).count();
-    assert_eq!(present, 12);
+    assert_eq!(present, models::ALL_FILES.len() - 1, "all but the one the hub lacks");
     assert!(models.transfers[missing_on_the_hub.relative_path].failed);
     assert_eq!(harness.query_all_by_label_contains("not found (404)").count(), 1);
     assert_eq!(harness.state().state.models.missing_required(), [missing_on_the_hub]);
@@ -546,4 +546,43 @@ fn snapshot_of_the_pose_panel() {
         PoseTarget::Head { pose: HeadPose { yaw: 30.0, pitch: 10.0, roll: 8.0, jaw: 0.5, ..HeadPose::FRONTAL }, mesh: HeadMesh::Builtin };
     harness.run();
     harness.snapshot("pose_panel");
+}
+
+/// "Keep the photo's look": the job carries the photo and face it keeps the look of (the worker
+/// aligns it), the image records it, and restoring switches it on again.
+#[test]
+fn keeping_the_photo_look_goes_into_the_job_and_the_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut harness = harness(common::generation_and_face_models(dir.path()), dir.path().join("gallery"));
+    drop_photo(&mut harness, photo("astronaut.jpg"));
+    run_until(&mut harness, "faces", |app| app.state.photo.is_some());
+    harness.get_by_label("Keep the photo's look").click();
+    harness.run();
+    {
+        let settings = &mut harness.state_mut().state.settings;
+        (settings.spec.num_images, settings.spec.steps, settings.spec.size) = (1, 2, Some(32));
+        settings.spec.reference.as_mut().unwrap().scale = 0.6;
+    }
+    harness.get_by_label("Generate").click();
+    harness.step();
+    let request = harness.state().state.running.as_ref().map(|r| r.request.clone()).expect("a job runs");
+    let (index, kps) = {
+        let photo_state = harness.state().state.photo.as_ref().unwrap();
+        let index = photo_state.selected_face.unwrap();
+        (index, photo_state.faces[index].kps)
+    };
+    let reference = request.spec.reference.clone().expect("the job keeps the look");
+    assert_eq!((reference.photo.as_str(), reference.face, reference.scale), ("astronaut.jpg", Some(index), 0.6));
+    assert_eq!(request.reference.as_ref().map(|r| r.keypoints), Some(kps));
+    run_until(&mut harness, "the image", |app| app.state.running.is_none() && app.state.gallery.entries.len() == 1);
+    assert!(notices(harness.state()).is_empty(), "{:?}", notices(harness.state()));
+    let entry = harness.state().state.gallery.entries[0].clone();
+    assert_eq!(entry.metadata.spec.reference, Some(reference.clone()));
+    assert!(entry.metadata.model_files.iter().any(|f| f.path == "ref_adapter/pytorch_lora_weights.safetensors"));
+
+    harness.state_mut().state.settings.use_reference = false;
+    let png = harness.state().state.gallery.dir.clone().unwrap().join(&entry.file_name);
+    drop_photo(&mut harness, png);
+    run_until(&mut harness, "the photo reopened", |app| app.state.analyzing.is_none());
+    assert!(harness.state().state.settings.use_reference, "restoring switches it on");
 }

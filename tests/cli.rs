@@ -391,3 +391,45 @@ fn fit_pose_prints_the_fitted_pose_as_json() {
     let output = arc2face(&["fit-pose", path_str(&photo), "--models", path_str(&models), "--face", "7"]);
     assert_fails_with(&output, "face 7");
 }
+
+/// `--reference` keeps a photo's look: aligned on its largest face (found once when it is also
+/// the `--photo`), recorded in the PNG, and asked for again when `--from` restores it.
+#[test]
+fn a_reference_photo_is_aligned_recorded_and_asked_for_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = generation_and_face_models(dir.path());
+    let photo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/faces/photos/astronaut.jpg");
+    let run = |extra: &[&str], out: &str| {
+        let out = dir.path().join(out);
+        let base = [
+            "generate",
+            "--models",
+            path_str(&models),
+            "--out",
+            path_str(&out),
+            "--seed",
+            "3",
+            "--num-images",
+            "1",
+            "--steps",
+            "2",
+            "--size",
+            "32",
+        ];
+        arc2face(&[&base[..], extra].concat())
+    };
+    let output = run(&["--photo", path_str(&photo), "--reference", path_str(&photo), "--reference-scale", "0.6"], "a");
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stderr(&output).matches("face analysis").count(), 1, "the photo is analysed once: {}", stderr(&output));
+    let png = PathBuf::from(String::from_utf8(output.stdout).unwrap().trim());
+    let reference = metadata::read_metadata(&png).unwrap().unwrap().spec.reference.expect("the PNG records the reference");
+    assert_eq!((reference.photo.as_str(), reference.scale), ("astronaut.jpg", 0.6));
+    assert!(reference.face.is_some());
+
+    assert_fails_with(&run(&["--photo", path_str(&photo), "--from", path_str(&png)], "b"), "give it with --reference");
+    let again = run(&["--photo", path_str(&photo), "--from", path_str(&png), "--reference", path_str(&photo)], "c");
+    assert!(again.status.success(), "{}", stderr(&again));
+    let again = PathBuf::from(String::from_utf8(again.stdout).unwrap().trim());
+    let pixels = |path: &Path| image::open(path).unwrap().to_rgb8().into_raw();
+    assert_eq!(pixels(&again), pixels(&png));
+}

@@ -54,7 +54,8 @@ fn run(case: &str, steps: usize, guidance: f64, pose: PoseSpec, from_noise: bool
     let seed = (!from_noise).then_some(42);
     let spec = GenerationSpec { num_images: 2, steps, guidance, size: Some(32), seed, pose: Some(pose), ..Default::default() };
     let initial_latents = from_noise.then(|| reference("gen_noise.npy"));
-    let job = Job { spec, identity: reference("id_embedding.npy").to_vec1().unwrap(), initial_latents, pose_image: Some(control_image()) };
+    let job =
+        Job { initial_latents, pose_image: Some(control_image()), ..Job::new(spec, reference("id_embedding.npy").to_vec1().unwrap()) };
     let (latents, images) = run_job(DType::F32, &job);
     let (expected_latents, expected_images) =
         (feature_reference(&format!("gen_{case}_latents.npy")), feature_reference(&format!("gen_{case}_images.npy")));
@@ -87,7 +88,7 @@ fn a_head_pose_generates_as_its_render_given_as_an_image() {
     let job = |target: PoseTarget, pose_image: Option<image::RgbImage>| {
         let pose = PoseSpec { target, ..PoseSpec::default() };
         let spec = GenerationSpec { num_images: 1, steps: 3, size: Some(32), seed: Some(3), pose: Some(pose), ..Default::default() };
-        Job { spec, identity: reference("id_embedding.npy").to_vec1().unwrap(), initial_latents: None, pose_image }
+        Job { pose_image, ..Job::new(spec, reference("id_embedding.npy").to_vec1().unwrap()) }
     };
     let (from_head, head_images) = run_job(DType::F32, &job(PoseTarget::Head { pose, mesh: HeadMesh::Builtin }, None));
     let render = render_normals(&head, &pose, 32);
@@ -108,7 +109,7 @@ fn roll_turns_the_finished_image() {
         let pose = HeadPose { yaw: -15.0, roll, ..HeadPose::FRONTAL };
         let pose = PoseSpec { target: PoseTarget::Head { pose, mesh: HeadMesh::Builtin }, ..PoseSpec::default() };
         let spec = GenerationSpec { num_images: 1, steps: 2, size: Some(32), seed: Some(9), pose: Some(pose), ..Default::default() };
-        Job { spec, identity: reference("id_embedding.npy").to_vec1().unwrap(), initial_latents: None, pose_image: None }
+        Job::new(spec, reference("id_embedding.npy").to_vec1().unwrap())
     };
     let (upright_latents, upright) = run_job(DType::F32, &job(0.0));
     let (tilted_latents, tilted) = run_job(DType::F32, &job(12.0));

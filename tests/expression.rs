@@ -65,10 +65,9 @@ fn run(case: &str, guidance: f64, scale: f64, with_pose: bool) {
     };
     let pose_image = with_pose.then(|| image::open(fixture().join("reference/features/control.png")).unwrap().to_rgb8());
     let job = Job {
-        spec,
-        identity: reference("id_embedding.npy").to_vec1().unwrap(),
         initial_latents: Some(reference("gen_noise.npy")),
         pose_image,
+        ..Job::new(spec, reference("id_embedding.npy").to_vec1().unwrap())
     };
     let (latents, images) = run_job(DType::F32, &job);
     let (expected_latents, expected_images) =

@@ -106,7 +106,7 @@ fn alignment_matches_insightface_norm_crop() {
     for (ours, theirs) in matrix.iter().flatten().zip(&expected) {
         assert!((ours - theirs).abs() <= 1e-6 * theirs.abs().max(1.0), "matrix {matrix:?} vs {expected:?}");
     }
-    let crop = align::warp_affine(&load_photo(&photo("astronaut.jpg")).unwrap(), &matrix);
+    let crop = align::arcface_crop(&load_photo(&photo("astronaut.jpg")).unwrap(), &kps);
     // insightface's crop is BGR.
     let bgr: Vec<u8> =
         Tensor::read_npy(fixture().join("reference/aligned_astronaut_0.npy")).unwrap().flatten_all().unwrap().to_vec1().unwrap();
@@ -195,4 +195,37 @@ fn generate_from_a_photo_uses_insightfaces_embedding_of_the_largest_face() {
     let output = arc2face(&["generate", "--models", path_str(&models), "--photo", path_str(&photo("no_face.png"))]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && stderr.contains("no face found"), "{stderr}");
+}
+
+/// FFHQ's crop puts a frontal face where FFHQ's portraits have it: the eyes near x = 192 and 320
+/// at y ≈ 242, the mouth near y ≈ 378 in a 512 crop; outside the photo the edge repeats.
+#[test]
+fn the_ffhq_crop_frames_a_face_as_ffhq_does() {
+    // Eyes 64 px apart at y 100, mouth corners 68 px below: half side max(2·64, 1.8·68) = 128.
+    let keypoints = [[100.0, 100.0], [164.0, 100.0], [132.0, 135.0], [108.0, 168.0], [156.0, 168.0]];
+    let mut photo = image::RgbImage::from_pixel(300, 300, image::Rgb([40, 40, 40]));
+    let dot = |photo: &mut image::RgbImage, [x, y]: [f32; 2], colour: [u8; 3]| {
+        for (dx, dy) in (0..2).flat_map(|dx| (0..2).map(move |dy| (dx, dy))) {
+            photo.put_pixel(x as u32 - 1 + dx, y as u32 - 1 + dy, image::Rgb(colour));
+        }
+    };
+    dot(&mut photo, keypoints[0], [255, 0, 0]);
+    dot(&mut photo, keypoints[4], [0, 255, 0]);
+    let crop = align::ffhq_crop(&photo, &keypoints, 512).unwrap();
+    // The weighted centre of each dot's channel in the crop.
+    let centre = |channel: usize| {
+        let (mut sum, mut sx, mut sy) = (0.0, 0.0, 0.0);
+        for (x, y, p) in crop.enumerate_pixels() {
+            let w = (p[channel] as f64 - 40.0).max(0.0);
+            (sum, sx, sy) = (sum + w, sx + w * (x as f64 + 0.5), sy + w * (y as f64 + 0.5));
+        }
+        [sx / sum, sy / sum]
+    };
+    let [ex, ey] = centre(0);
+    assert!((ex - 192.0).abs() < 1.0 && (ey - 242.4).abs() < 1.0, "left eye at ({ex}, {ey})");
+    let [mx, my] = centre(1);
+    assert!((mx - 304.0).abs() < 1.0 && (my - 378.4).abs() < 1.0, "right mouth corner at ({mx}, {my})");
+    // The square reaches past the photo's left edge: repeated edge pixels, no black.
+    assert!(crop.pixels().all(|p| p.0.iter().any(|&c| c >= 40)), "no black border");
+    assert!(align::ffhq_crop(&photo, &[[5.0, 5.0]; 5], 512).is_none(), "degenerate keypoints");
 }

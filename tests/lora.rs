@@ -133,7 +133,7 @@ fn a_job_without_the_lora_gets_the_unet_without_it() {
     let plain = GenerationSpec { num_images: 2, steps: 4, size: Some(32), seed: Some(42), ..Default::default() };
     let identity: Vec<f32> = reference("id_embedding.npy").to_vec1().unwrap();
     let mut run = |spec: &GenerationSpec| {
-        let job = Job { spec: spec.clone(), identity: identity.clone(), initial_latents: None, pose_image: None };
+        let job = Job::new(spec.clone(), identity.clone());
         let mut latents = Vec::new();
         pipeline
             .run(&job, &mut |_| Flow::Continue, &mut |image| {

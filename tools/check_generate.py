@@ -31,7 +31,16 @@ key cli_cases.cases) run the same way plus their own flags, e.g.
   sampler_<name>[_<N>][_noise]   --scheduler <name> (dpmpp-2m, dpmpp-2m-karras, euler, euler-a, ddim,
                   lcm) --seed 42, or --noise gen_noise.npy (euler-a / lcm also --seed 42 for the step noise)
 
-`--only features` runs every feature case. A case's reference files are the ones its params name.
+Reference Adapter cases (tools/make_reference_fixtures.py, DIR/reference/features/ref/params.json, key
+cli_cases.cases), all --noise gen_noise.npy, 5 steps:
+
+  ref             --reference reference/features/ref/reference_image.png --reference-aligned
+                  --reference-scale 0.8 (guidance 3)
+  ref_expr        the same plus --expression reference/features/expression.npy --expression-scale 1.0
+  ref_nocfg       as ref with guidance 1.0
+
+`--only features` runs every feature case (Reference Adapter cases included), `--only ref_all` the
+Reference Adapter cases. A case's reference files are the ones its params name.
 """
 
 import argparse
@@ -76,13 +85,19 @@ def main():
     if os.path.exists(feature_path):
         with open(feature_path) as fh:
             features = json.load(fh).get("cli_cases", {}).get("cases", {})
+    ref_path = os.path.join(ref, "features", "ref", "params.json")
+    ref_cases = {}
+    if os.path.exists(ref_path):
+        with open(ref_path) as fh:
+            ref_cases = json.load(fh).get("cli_cases", {}).get("cases", {})
+    features = {**features, **ref_cases}
     binp = os.path.abspath(args.bin)
     if not os.path.exists(binp):
         sys.exit(f"binary not found: {binp}")
 
     names = []
     for n in [n.strip() for n in args.only.split(",") if n.strip()]:
-        names += list(features) if n == "features" else [n]
+        names += list(features) if n == "features" else list(ref_cases) if n == "ref_all" else [n]
     cases = {}
     for name in names:
         if name in params["generations"]:
@@ -94,7 +109,8 @@ def main():
         else:
             known = sorted(params["generations"]) + sorted(features)
             sys.exit(f"unknown case {name!r}" + ("" if features else f" ({feature_path} missing: run "
-                     "tools/make_feature_fixtures.py)") + "; known: " + ", ".join(known))
+                     "tools/make_feature_fixtures.py)") + ("" if ref_cases else f" ({ref_path} missing: run "
+                     "tools/make_reference_fixtures.py)") + "; known: " + ", ".join(known))
         cases[name] = g
 
     rows = []

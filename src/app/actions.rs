@@ -13,7 +13,7 @@ use crate::engine::{FaceRef, GenerationSpec, IdentitySource, ImageMetadata, Pose
 use crate::gallery::history::SortOrder;
 use crate::models::ModelsDir;
 use crate::pose::HeadPose;
-use crate::worker::{Command, GenerationRequest, PhotoPurpose};
+use crate::worker::{Command, GenerationRequest, PhotoPurpose, ReferencePhoto};
 
 /// The side of the pose pictures in the queue, in pixels.
 const QUEUE_THUMBNAIL_SIDE: usize = 48;
@@ -329,11 +329,18 @@ impl StudioApp {
             embeddings.push(photo.faces[face_index].embedding.clone());
             faces.push(selected);
         }
+        // The look kept is the selected face's photo's.
+        let reference = sweep_spec.reference.as_mut().map(|reference| {
+            reference.photo = crate::file_name(&photo.path);
+            reference.face = Some(face_index);
+            ReferencePhoto { path: photo.path.clone(), keypoints: photo.faces[face_index].kps }
+        });
         let request = GenerationRequest {
             job_id: state.next_job_id,
             spec: GenerationSpec { identity: IdentitySource::Faces { faces }, ..sweep_spec },
             identity: crate::face::mean_identity(&embeddings),
             gallery_dir,
+            reference,
         };
         state.next_job_id += 1;
         if let (Some(head), Some(pose)) = (&state.pose.head, request.spec.pose.as_ref().and_then(PoseSpec::head_pose)) {

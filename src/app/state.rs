@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::models_task::ModelsState;
 use super::pose_view::{Head, PoseDrawing};
-use crate::engine::{ExpressionSpec, FaceRef, GenerationSpec, PoseSpec, Sweep};
+use crate::engine::{ExpressionSpec, FaceRef, GenerationSpec, PoseSpec, ReferenceSpec, Sweep};
 use crate::expression::Expression;
 use crate::face::Face;
 use crate::gallery::history::{GalleryEntry, Removed, SortOrder};
@@ -27,6 +27,9 @@ pub struct Settings {
     /// Whether the next job has the pose / the expression set in the panels.
     pub use_pose: bool,
     pub use_expression: bool,
+    /// Whether the next job keeps the photo's look (the Reference Adapter on the selected face's
+    /// photo).
+    pub use_reference: bool,
     /// One slider moves both eyelids.
     pub eyelids_linked: bool,
     /// Keep the seed for the next generation instead of drawing a new one.
@@ -44,10 +47,12 @@ impl Default for Settings {
                 seed: Some(0),
                 pose: Some(PoseSpec::default()),
                 expression: Some(ExpressionSpec::default()),
+                reference: Some(ReferenceSpec::default()),
                 ..Default::default()
             },
             use_pose: false,
             use_expression: false,
+            use_reference: false,
             eyelids_linked: true,
             seed_locked: false,
             models_dir: None,
@@ -67,6 +72,9 @@ impl Settings {
         if !self.use_expression {
             spec.expression = None;
         }
+        if !self.use_reference {
+            spec.reference = None;
+        }
         spec
     }
 
@@ -76,11 +84,13 @@ impl Settings {
         let restored = GenerationSpec::restored(spec, self.spec.runtime);
         self.use_pose = restored.pose.is_some();
         self.use_expression = restored.expression.is_some();
+        self.use_reference = restored.reference.is_some();
         self.seed_locked = restored.seed.is_some();
         self.spec = GenerationSpec {
             seed: restored.seed.or(self.spec.seed),
             pose: restored.pose.clone().or(self.spec.pose.clone()),
             expression: restored.expression.clone().or(self.spec.expression.clone()),
+            reference: restored.reference.clone().or(self.spec.reference.clone()),
             ..restored
         };
     }

@@ -6,17 +6,44 @@
 //! tanh approximation of GELU where diffusers uses the exact (erf) one, a difference that shows
 //! at 1e-4 in the final latents.
 
+use std::collections::HashMap;
+
 use candle_core::{D, DType, Module, Result, Tensor};
 use candle_nn::{Conv2d, GroupNorm, LayerNorm, Linear, VarBuilder};
 
 use super::expression_adapter::ExpressionAttention;
+use super::lora::LoraSidePath;
+use super::reference_adapter::ReferenceCall;
 use super::unet::{Conditioning, ExpressionTokens};
 
+/// A linear layer with, optionally, a LoRA beside it rather than merged into it (the Reference
+/// Adapter's): it counts at each call's strength, and not at all at 0.
+struct AdaptedLinear {
+    linear: Linear,
+    side_path: Option<LoraSidePath>,
+}
+
+impl AdaptedLinear {
+    fn new(linear: Linear) -> Self {
+        Self { linear, side_path: None }
+    }
+
+    fn forward(&self, xs: &Tensor, lora_strength: f64) -> Result<Tensor> {
+        let out = self.linear.forward(xs)?;
+        match &self.side_path {
+            Some(side_path) if lora_strength != 0.0 => out + (side_path.forward(xs)? * lora_strength)?,
+            _ => Ok(out),
+        }
+    }
+}
+
 struct Attention {
-    to_q: Linear,
-    to_k: Linear,
-    to_v: Linear,
-    to_out: Linear,
+    /// Its module path in the checkpoint (`down_blocks.0.attentions.0.transformer_blocks.0.attn1`).
+    name: String,
+    to_q: AdaptedLinear,
+    to_k: AdaptedLinear,
+    to_v: AdaptedLinear,
+    to_out: AdaptedLinear,
     heads: usize,
     /// The Expression Adapter's projections, attached to cross-attention layers.
     expression: Option<ExpressionAttention>,
@@ -26,21 +53,34 @@ impl Attention {
     fn new(vb: VarBuilder, query_dim: usize, context_dim: usize, heads: usize, head_dim: usize) -> Result<Self> {
         let inner = heads * head_dim;
         Ok(Self {
-            to_q: candle_nn::linear_no_bias(query_dim, inner, vb.pp("to_q"))?,
-            to_k: candle_nn::linear_no_bias(context_dim, inner, vb.pp("to_k"))?,
-            to_v: candle_nn::linear_no_bias(context_dim, inner, vb.pp("to_v"))?,
-            to_out: candle_nn::linear(inner, query_dim, vb.pp("to_out.0"))?,
+            name: vb.prefix(),
+            to_q: AdaptedLinear::new(candle_nn::linear_no_bias(query_dim, inner, vb.pp("to_q"))?),
+            to_k: AdaptedLinear::new(candle_nn::linear_no_bias(context_dim, inner, vb.pp("to_k"))?),
+            to_v: AdaptedLinear::new(candle_nn::linear_no_bias(context_dim, inner, vb.pp("to_v"))?),
+            to_out: AdaptedLinear::new(candle_nn::linear(inner, query_dim, vb.pp("to_out.0"))?),
             heads,
             expression: None,
         })
     }
 
+    /// Takes the side paths for its projections out of `paths` (keyed by module path).
+    fn attach_side_paths(&mut self, paths: &mut HashMap<String, LoraSidePath>) {
+        for (suffix, layer) in
+            [("to_q", &mut self.to_q), ("to_k", &mut self.to_k), ("to_v", &mut self.to_v), ("to_out.0", &mut self.to_out)]
+        {
+            if let Some(path) = paths.remove(&format!("{}.{suffix}", self.name)) {
+                layer.side_path = Some(path);
+            }
+        }
+    }
+
     /// Attends from `xs` `(B, N, C)` to `context` `(B, M, C')`, plus (decoupled, with its own
-    /// softmax) to the expression tokens when the adapter is attached and given them.
-    fn forward(&self, xs: &Tensor, context: &Tensor, expression: Option<ExpressionTokens>) -> Result<Tensor> {
-        let q = self.split_heads(&self.to_q.forward(xs)?)?;
-        let k = self.split_heads(&self.to_k.forward(context)?)?;
-        let v = self.split_heads(&self.to_v.forward(context)?)?;
+    /// softmax) to the expression tokens when the adapter is attached and given them; side-path
+    /// LoRAs count at `lora_strength`.
+    fn forward(&self, xs: &Tensor, context: &Tensor, expression: Option<ExpressionTokens>, lora_strength: f64) -> Result<Tensor> {
+        let q = self.split_heads(&self.to_q.forward(xs, lora_strength)?)?;
+        let k = self.split_heads(&self.to_k.forward(context, lora_strength)?)?;
+        let v = self.split_heads(&self.to_v.forward(context, lora_strength)?)?;
         let mut out = attend(&q, &k, &v)?;
         if let (Some(adapter), Some(tokens)) = (&self.expression, expression)
             && tokens.scale != 0.0
@@ -51,7 +91,7 @@ impl Attention {
         }
         let (batch, heads, n, head_dim) = out.dims4()?;
         let out = out.transpose(1, 2)?.reshape((batch, n, heads * head_dim))?;
-        self.to_out.forward(&out)
+        self.to_out.forward(&out, lora_strength)
     }
 
     /// `(B, N, H·D)` → `(B, H, N, D)`.
@@ -89,6 +129,8 @@ impl FeedForward {
 }
 
 struct TransformerBlock {
+    /// Its place in the UNet's execution order (down, mid, up): its entry in a reference bank.
+    bank_index: usize,
     norm1: LayerNorm,
     self_attention: Attention,
     norm2: LayerNorm,
@@ -101,6 +143,7 @@ impl TransformerBlock {
     fn new(vb: VarBuilder, dim: usize, context_dim: usize, heads: usize) -> Result<Self> {
         let head_dim = dim / heads;
         Ok(Self {
+            bank_index: 0,
             norm1: candle_nn::layer_norm(dim, 1e-5, vb.pp("norm1"))?,
             self_attention: Attention::new(vb.pp("attn1"), dim, dim, heads, head_dim)?,
             norm2: candle_nn::layer_norm(dim, 1e-5, vb.pp("norm2"))?,
@@ -112,8 +155,32 @@ impl TransformerBlock {
 
     fn forward(&self, xs: &Tensor, conditioning: &Conditioning) -> Result<Tensor> {
         let normed = self.norm1.forward(xs)?;
-        let xs = (self.self_attention.forward(&normed, &normed, None)? + xs)?;
-        let xs = (self.cross_attention.forward(&self.norm2.forward(&xs)?, conditioning.context, conditioning.expression)? + xs)?;
+        let lora = conditioning.reference.map_or(0.0, |r| r.lora_strength());
+        let attended = match conditioning.reference {
+            None => self.self_attention.forward(&normed, &normed, None, lora)?,
+            Some(ReferenceCall::Record(recorder)) => {
+                recorder.record(self.bank_index, &normed);
+                self.self_attention.forward(&normed, &normed, None, lora)?
+            }
+            Some(ReferenceCall::Attend { bank, guided, .. }) => {
+                // Keys and values from the tokens and the reference's, side by side; under
+                // guidance only the conditional half (the second) sees the reference.
+                let with_reference = |rows: &Tensor| -> Result<Tensor> {
+                    let memory = bank.entry(self.bank_index, rows.dim(0)?)?;
+                    self.self_attention.forward(rows, &Tensor::cat(&[rows, &memory], 1)?, None, lora)
+                };
+                let batch = normed.dim(0)?;
+                if guided && batch >= 2 {
+                    let (unconditional, conditional) = (normed.narrow(0, 0, batch / 2)?, normed.narrow(0, batch / 2, batch - batch / 2)?);
+                    let plain = self.self_attention.forward(&unconditional, &unconditional, None, lora)?;
+                    Tensor::cat(&[&plain, &with_reference(&conditional)?], 0)?
+                } else {
+                    with_reference(&normed)?
+                }
+            }
+        };
+        let xs = (attended + xs)?;
+        let xs = (self.cross_attention.forward(&self.norm2.forward(&xs)?, conditioning.context, conditioning.expression, lora)? + xs)?;
         self.feed_forward.forward(&self.norm3.forward(&xs)?)? + xs
     }
 }
@@ -166,6 +233,22 @@ impl SpatialTransformer {
     /// Where the Expression Adapter attaches: each transformer block's cross-attention.
     pub fn expression_slots(&mut self) -> impl Iterator<Item = &mut Option<ExpressionAttention>> {
         self.blocks.iter_mut().map(|block| &mut block.cross_attention.expression)
+    }
+
+    /// Numbers its transformer blocks from `next` on (their entries in a reference bank).
+    pub fn number_blocks(&mut self, next: &mut usize) {
+        for block in &mut self.blocks {
+            block.bank_index = *next;
+            *next += 1;
+        }
+    }
+
+    /// Takes the side paths for its attention projections out of `paths`.
+    pub fn attach_side_paths(&mut self, paths: &mut HashMap<String, LoraSidePath>) {
+        for block in &mut self.blocks {
+            block.self_attention.attach_side_paths(paths);
+            block.cross_attention.attach_side_paths(paths);
+        }
     }
 
     /// `xs` `(B, C, H, W)`; the conditioning's context `(B, 77, context_dim)`.

@@ -166,6 +166,28 @@ impl LoraDeltas {
         Ok(Added { weights, text_encoder_tensors })
     }
 
+    /// The pairs as side paths by module (`….attn1.to_q`), in `dtype` on `device`, for layers
+    /// that keep a LoRA beside their weights; a module may have one pair.
+    pub fn into_side_paths(self, dtype: DType, device: &candle_core::Device) -> std::result::Result<HashMap<String, LoraSidePath>, String> {
+        let mut paths = HashMap::new();
+        for (weight, mut pairs) in self.by_weight {
+            let module = weight.strip_suffix(".weight").unwrap_or(&weight).to_string();
+            let (Some(pair), None) = (pairs.pop(), pairs.pop()) else {
+                return Err(format!("{module}: more than one low-rank pair"));
+            };
+            let convert = |t: &Tensor| t.to_dtype(dtype).and_then(|t| t.to_device(device)).map_err(|e| e.to_string());
+            paths.insert(
+                module,
+                LoraSidePath {
+                    down_t: convert(&pair.down.t().map_err(|e| e.to_string())?)?,
+                    up_t: convert(&pair.up.t().map_err(|e| e.to_string())?)?,
+                    scale: pair.scale,
+                },
+            );
+        }
+        Ok(paths)
+    }
+
     /// `base` (f32) with every delta for `weight` added.
     pub fn apply(&self, weight: &str, base: &Tensor) -> Result<Tensor> {
         let mut merged = base.clone();
@@ -174,6 +196,23 @@ impl LoraDeltas {
             merged = (merged + (delta * pair.scale)?)?;
         }
         Ok(merged)
+    }
+}
+
+/// A LoRA kept beside a linear layer: `xs → scale · (xs · downᵀ) · upᵀ`, added to the layer's
+/// output at a strength the call chooses. diffusers' unfused PEFT layers compute the same.
+pub struct LoraSidePath {
+    /// `(in, rank)`.
+    down_t: Tensor,
+    /// `(rank, out)`.
+    up_t: Tensor,
+    /// alpha / rank.
+    scale: f64,
+}
+
+impl LoraSidePath {
+    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        xs.broadcast_matmul(&self.down_t)?.broadcast_matmul(&self.up_t)? * self.scale
     }
 }
 

@@ -8,6 +8,7 @@ pub mod id_encoder;
 pub mod lora;
 pub mod noise;
 pub mod preview;
+pub mod reference_adapter;
 pub mod schedulers;
 pub mod unet;
 pub mod unet_blocks;

@@ -13,8 +13,13 @@ use candle_nn::{Conv2d, GroupNorm, VarBuilder};
 use candle_transformers::models::stable_diffusion::embeddings::{TimestepEmbedding, Timesteps};
 use serde::Deserialize;
 
+use std::collections::HashMap;
+
+use super::attention::SpatialTransformer;
 use super::controlnet::ControlResiduals;
 use super::expression_adapter::ExpressionAttention;
+use super::lora::LoraSidePath;
+use super::reference_adapter::{BankRecorder, ReferenceBank, ReferenceCall};
 use super::unet_blocks::{BlockSettings, DownBlock, MidBlock, Transformers, UpBlock};
 
 /// A per-block setting that diffusers configs give either once or for each block.
@@ -255,12 +260,14 @@ pub struct Conditioning<'a> {
     pub control: Option<&'a ControlResiduals>,
     /// The Expression Adapter's tokens for the cross-attention layers it is attached to.
     pub expression: Option<ExpressionTokens<'a>>,
+    /// The Reference Adapter's part: recording its bank, or attending to it.
+    pub reference: Option<ReferenceCall<'a>>,
 }
 
 impl<'a> Conditioning<'a> {
     /// Conditioning on the context alone.
     pub fn context(context: &'a Tensor) -> Self {
-        Self { context, control: None, expression: None }
+        Self { context, control: None, expression: None, reference: None }
     }
 }
 
@@ -341,13 +348,13 @@ impl DownPath {
         self.conv_in.forward(sample)
     }
 
-    /// Runs the down blocks and the mid block on `conv_in`'s output.
-    /// Its down blocks' Expression Adapter slots, then its mid block's.
-    fn expression_slots(&mut self) -> (Vec<&mut Option<ExpressionAttention>>, Vec<&mut Option<ExpressionAttention>>) {
-        let down = self.down_blocks.iter_mut().flat_map(DownBlock::expression_slots).collect();
-        (down, self.mid_block.expression_slots().collect())
+    /// Its down blocks' spatial transformers, then its mid block's.
+    fn transformers_mut(&mut self) -> (Vec<&mut SpatialTransformer>, Vec<&mut SpatialTransformer>) {
+        let down = self.down_blocks.iter_mut().flat_map(DownBlock::transformers_mut).collect();
+        (down, self.mid_block.transformers_mut().collect())
     }
 
+    /// Runs the down blocks and the mid block on `conv_in`'s output.
     pub fn forward(&self, xs: Tensor, temb: &Tensor, conditioning: &Conditioning) -> Result<DownPathOutput> {
         let mut skips = vec![xs.clone()];
         let mut xs = xs;
@@ -368,6 +375,8 @@ pub struct UNet {
     conv_norm_out: GroupNorm,
     conv_out: Conv2d,
     center_input_sample: bool,
+    /// How many transformer blocks it has (the entries of a reference bank).
+    transformer_blocks: usize,
 }
 
 impl UNet {
@@ -402,22 +411,59 @@ impl UNet {
             .collect::<Result<Vec<_>>>()?;
 
         let conv3 = candle_nn::Conv2dConfig { padding: 1, ..Default::default() };
-        Ok(Self {
+        let mut unet = Self {
             time_embedding: TimeEmbedding::new(vb.clone(), down)?,
             down_path: DownPath::new(vb.clone(), down)?,
             up_blocks,
             conv_norm_out: candle_nn::group_norm(down.norm_num_groups, channels[0], down.norm_eps, vb.pp("conv_norm_out"))?,
             conv_out: candle_nn::conv2d(channels[0], config.out_channels, 3, conv3, vb.pp("conv_out"))?,
             center_input_sample: config.center_input_sample,
-        })
+            transformer_blocks: 0,
+        };
+        let mut blocks = 0;
+        for transformer in unet.transformers_in_execution_order() {
+            transformer.number_blocks(&mut blocks);
+        }
+        unet.transformer_blocks = blocks;
+        Ok(unet)
+    }
+
+    /// Its spatial transformers in execution order: down blocks, mid block, up blocks.
+    fn transformers_in_execution_order(&mut self) -> Vec<&mut SpatialTransformer> {
+        let (down, mid) = self.down_path.transformers_mut();
+        down.into_iter().chain(mid).chain(self.up_blocks.iter_mut().flat_map(UpBlock::transformers_mut)).collect()
     }
 
     /// Its cross-attention layers' Expression Adapter slots, in diffusers' attention-processor
     /// order: down blocks, up blocks, then the mid block.
     fn expression_slots(&mut self) -> Vec<&mut Option<ExpressionAttention>> {
-        let (down, mid) = self.down_path.expression_slots();
-        let up = self.up_blocks.iter_mut().flat_map(UpBlock::expression_slots);
-        down.into_iter().chain(up).chain(mid).collect()
+        let (down, mid) = self.down_path.transformers_mut();
+        let up = self.up_blocks.iter_mut().flat_map(UpBlock::transformers_mut);
+        down.into_iter().chain(up).chain(mid).flat_map(SpatialTransformer::expression_slots).collect()
+    }
+
+    /// Keeps a LoRA's pairs beside the attention projections they change (by module path),
+    /// switched on per call; refuses pairs for any other layer, naming a few.
+    pub fn attach_side_paths(&mut self, mut paths: HashMap<String, LoraSidePath>) -> Result<()> {
+        for transformer in self.transformers_in_execution_order() {
+            transformer.attach_side_paths(&mut paths);
+        }
+        if !paths.is_empty() {
+            let mut left: Vec<&String> = paths.keys().collect();
+            left.sort();
+            let examples = left.iter().take(3).map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
+            candle_core::bail!("{} of its layers are not attention projections, e.g. {examples}", left.len());
+        }
+        Ok(())
+    }
+
+    /// The Reference Adapter's bank for `latents` `(1, C, h, w)` (a reference image's, times the
+    /// VAE's scaling factor) under `context` `(1, 77, D)`: one pass at timestep 0, side-path
+    /// LoRAs off.
+    pub fn reference_bank(&self, latents: &Tensor, context: &Tensor) -> Result<ReferenceBank> {
+        let recorder = BankRecorder::new(self.transformer_blocks);
+        self.forward(latents, 0.0, &Conditioning { reference: Some(ReferenceCall::Record(&recorder)), ..Conditioning::context(context) })?;
+        recorder.finish()
     }
 
     /// How many cross-attention layers an Expression Adapter attaches to.

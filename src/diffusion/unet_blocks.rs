@@ -10,7 +10,6 @@ use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
 use candle_transformers::models::stable_diffusion::resnet::{ResnetBlock2D, ResnetBlock2DConfig};
 
 use super::attention::{SpatialTransformer, TransformerSettings};
-use super::expression_adapter::ExpressionAttention;
 use super::unet::Conditioning;
 
 /// What the blocks of one UNet share.
@@ -88,9 +87,9 @@ impl DownBlock {
         Ok(Self { resnets, attentions, downsampler })
     }
 
-    /// Its transformers' Expression Adapter slots, in order.
-    pub fn expression_slots(&mut self) -> impl Iterator<Item = &mut Option<ExpressionAttention>> {
-        self.attentions.iter_mut().flatten().flat_map(SpatialTransformer::expression_slots)
+    /// Its spatial transformers, in order.
+    pub fn transformers_mut(&mut self) -> impl Iterator<Item = &mut SpatialTransformer> {
+        self.attentions.iter_mut().flatten()
     }
 
     /// Returns the block's output and the skips it hands to its up block.
@@ -149,9 +148,9 @@ impl UpBlock {
         self.resnets.len()
     }
 
-    /// Its transformers' Expression Adapter slots, in order.
-    pub fn expression_slots(&mut self) -> impl Iterator<Item = &mut Option<ExpressionAttention>> {
-        self.attentions.iter_mut().flatten().flat_map(SpatialTransformer::expression_slots)
+    /// Its spatial transformers, in order.
+    pub fn transformers_mut(&mut self) -> impl Iterator<Item = &mut SpatialTransformer> {
+        self.attentions.iter_mut().flatten()
     }
 
     /// `skips` are this block's skips in the order the down path produced them; the last is
@@ -202,9 +201,9 @@ impl MidBlock {
         })
     }
 
-    /// Its transformer's Expression Adapter slots.
-    pub fn expression_slots(&mut self) -> impl Iterator<Item = &mut Option<ExpressionAttention>> {
-        self.attention.expression_slots()
+    /// Its spatial transformer.
+    pub fn transformers_mut(&mut self) -> impl Iterator<Item = &mut SpatialTransformer> {
+        std::iter::once(&mut self.attention)
     }
 
     pub fn forward(&self, xs: &Tensor, temb: &Tensor, conditioning: &Conditioning) -> Result<Tensor> {

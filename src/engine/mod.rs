@@ -15,15 +15,17 @@ use crate::diffusion::expression_adapter::ExpressionAdapter;
 use crate::diffusion::id_encoder::{IdEncoder, IdEncoderConfig};
 use crate::diffusion::lora::{LoraDeltas, UNetLayout};
 use crate::diffusion::noise::{self, TorchGenerator};
+use crate::diffusion::reference_adapter::{ReferenceBank, ReferenceCall};
 use crate::diffusion::schedulers::{NoiseSchedule, Scheduler, SchedulerConfig};
 use crate::diffusion::unet::{Conditioning, ExpressionTokens, UNet, UNetConfig};
-use crate::diffusion::vae::{self, Vae, VaeConfig};
+use crate::diffusion::vae::{self, Vae, VaeConfig, VaeEncoder};
 use crate::models::weights::{SafetensorsFile, Weights};
 use crate::models::{self, ModelError, ModelFile, ModelsDir, first_line};
 use crate::pose::{self, HeadModel};
 pub use runtime::{DeviceChoice, Precision, Runtime, RuntimeSpec};
 pub use spec::{
-    ExpressionSpec, FaceRef, GenerationSpec, HeadMesh, IdentitySource, ImageMetadata, LoadedFile, LoraSpec, PoseSpec, PoseTarget, Sweep,
+    ExpressionSpec, FaceRef, GenerationSpec, HeadMesh, IdentitySource, ImageMetadata, LoadedFile, LoraSpec, PoseSpec, PoseTarget,
+    ReferenceSpec, Sweep,
 };
 
 /// The largest image side we accept: attention memory grows with the fourth power of the side.
@@ -98,6 +100,16 @@ pub struct Job {
     pub initial_latents: Option<Tensor>,
     /// The conditioning image of a pose given as an image ([`PoseTarget::Image`]).
     pub pose_image: Option<RgbImage>,
+    /// The photo whose look the images keep ([`GenerationSpec::reference`]), FFHQ-aligned at the
+    /// image size.
+    pub reference_image: Option<RgbImage>,
+}
+
+impl Job {
+    /// A job of `spec` for `identity`, from seeded noise, with no pose image or reference photo.
+    pub fn new(spec: GenerationSpec, identity: Vec<f32>) -> Self {
+        Self { spec, identity, initial_latents: None, pose_image: None, reference_image: None }
+    }
 }
 
 /// What the per-step callback sees.
@@ -149,13 +161,15 @@ pub fn random_seed() -> u64 {
 
 /// What the models are given for one image besides its latents, batched like the UNet's input
 /// (both halves under guidance).
-struct ModelInputs {
+struct ModelInputs<'a> {
     /// The identity context.
     context: Tensor,
     /// The pose ControlNet's image, when the job has a pose.
     control_image: Option<Tensor>,
     /// The Expression Adapter's tokens, when the job has an expression.
     expression_tokens: Option<Tensor>,
+    /// The Reference Adapter's bank, when the job keeps a photo's look.
+    reference_bank: Option<&'a ReferenceBank>,
 }
 
 /// The loaded Arc2Face models.
@@ -176,6 +190,11 @@ pub struct Arc2FacePipeline {
     head: Option<(HeadMesh, HeadModel)>,
     /// Loaded (and attached to the UNet) with the first job that asks for an expression.
     expression_adapter: Option<ExpressionAdapter>,
+    /// Whether the Reference Adapter's LoRA is attached to the UNet (loaded with the first job
+    /// that keeps a photo's look, and again whenever the UNet is rebuilt).
+    reference_lora: bool,
+    /// The VAE's encoder, loaded with the first job that encodes a photo.
+    vae_encoder: Option<VaeEncoder>,
     schedule: NoiseSchedule,
     runtime: Runtime,
     models: ModelsDir,
@@ -187,6 +206,8 @@ pub struct Arc2FacePipeline {
     controlnet_files: Vec<LoadedFile>,
     /// The Expression Adapter's file, once it is loaded.
     adapter_files: Vec<LoadedFile>,
+    /// The Reference Adapter's file, once it is loaded.
+    reference_files: Vec<LoadedFile>,
 }
 
 impl Arc2FacePipeline {
@@ -255,6 +276,8 @@ impl Arc2FacePipeline {
             vae_config,
             controlnet: None,
             expression_adapter: None,
+            reference_lora: false,
+            vae_encoder: None,
             schedule,
             runtime: runtime.clone(),
             models: models.clone(),
@@ -262,6 +285,7 @@ impl Arc2FacePipeline {
             lora_files: Vec::new(),
             controlnet_files: Vec::new(),
             adapter_files: Vec::new(),
+            reference_files: Vec::new(),
             head: None,
         })
     }
@@ -285,6 +309,39 @@ impl Arc2FacePipeline {
             self.attach_expression_adapter(&adapter)?;
             self.expression_adapter = Some(adapter);
         }
+        if spec.reference.is_some() {
+            if !self.reference_lora {
+                self.attach_reference_lora()?;
+            }
+            if self.vae_encoder.is_none() {
+                let path = self.models.existing(models::VAE_WEIGHTS)?;
+                let vb = models::load_safetensors(&path, self.runtime.dtype, &self.runtime.device)?;
+                self.vae_encoder = Some(VaeEncoder::new(vb, &self.vae_config).map_err(|e| ModelError::invalid(&path, e))?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the Reference Adapter's LoRA and keeps it beside the UNet's attention projections.
+    fn attach_reference_lora(&mut self) -> Result<(), EngineError> {
+        let path = self.models.existing(models::REFERENCE_ADAPTER)?;
+        let unet_path = self.models.existing(models::UNET_WEIGHTS)?;
+        let header = SafetensorsFile::open(&unet_path).map_err(|e| ModelError::invalid(&unet_path, e))?;
+        let layout = UNetLayout::new(header.names().filter_map(|name| Some((name, header.shape(name)?))), &self.unet_config);
+        let file = SafetensorsFile::open(&path).map_err(|e| ModelError::invalid(&path, e))?;
+        let tensors = file.read_all().map_err(|e| ModelError::invalid(&path, e))?;
+        let mut deltas = LoraDeltas::default();
+        deltas
+            .add(&tensors, file.metadata(), 1.0, &layout)
+            .map_err(|e| ModelError::invalid(&path, format!("not a LoRA for this UNet: {e}")))?;
+        let side_paths = deltas.into_side_paths(self.runtime.dtype, &self.runtime.device).map_err(|e| ModelError::invalid(&path, e))?;
+        let Some(unet) = &mut self.unet else { return Err(EngineError::Compute("the UNet is not loaded".into())) };
+        unet.attach_side_paths(side_paths).map_err(|e| ModelError::invalid(&path, format!("not a Reference Adapter: {e}")))?;
+        self.reference_lora = true;
+        self.reference_files = vec![LoadedFile {
+            path: models::REFERENCE_ADAPTER.relative_path.into(),
+            bytes: std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0),
+        }];
         Ok(())
     }
 
@@ -309,12 +366,16 @@ impl Arc2FacePipeline {
         self.unet_loras.clear();
         self.lora_files.clear();
         self.unet = None;
+        self.reference_lora = false;
         self.unet = Some(load_unet(&unet_path, &self.unet_config, deltas, &self.runtime)?);
         self.unet_loras = spec.loras.clone();
         self.lora_files = lora_files;
         if let Some(adapter) = self.expression_adapter.take() {
             self.attach_expression_adapter(&adapter)?;
             self.expression_adapter = Some(adapter);
+        }
+        if spec.reference.is_some() {
+            self.attach_reference_lora()?;
         }
         Ok(())
     }
@@ -429,6 +490,7 @@ impl Arc2FacePipeline {
     pub fn files_for(&self, spec: &GenerationSpec) -> Vec<LoadedFile> {
         let controlnet = spec.pose.is_some().then_some(&self.controlnet_files).into_iter().flatten();
         let adapter = spec.expression.is_some().then_some(&self.adapter_files).into_iter().flatten();
+        let reference = spec.reference.is_some().then_some(&self.reference_files).into_iter().flatten();
         let head = match &spec.pose {
             Some(PoseSpec { target: PoseTarget::Head { mesh: HeadMesh::Flame { file }, .. }, .. }) => {
                 let bytes = std::fs::metadata(self.models.root().join(file)).map(|m| m.len()).unwrap_or(0);
@@ -436,7 +498,7 @@ impl Arc2FacePipeline {
             }
             _ => None,
         };
-        self.files.iter().chain(&self.lora_files).chain(controlnet).chain(adapter).cloned().chain(head).collect()
+        self.files.iter().chain(&self.lora_files).chain(controlnet).chain(adapter).chain(reference).cloned().chain(head).collect()
     }
 
     /// The shape of one image's latents at `size` pixels.
@@ -524,6 +586,22 @@ impl Arc2FacePipeline {
                 (PoseTarget::Image { .. }, Some(_)) | (PoseTarget::Head { .. }, _) => {}
             }
         }
+        if let Some(reference) = &spec.reference {
+            if !(reference.scale.is_finite() && (0.0..=1.0).contains(&reference.scale)) {
+                return input(format!("the reference scale must be a number from 0 to 1, got {}", reference.scale));
+            }
+            match &job.reference_image {
+                None => return input(format!("the reference photo {} was not given with the job", reference.photo)),
+                Some(image) if (image.width() as usize, image.height() as usize) != (size, size) => {
+                    return input(format!(
+                        "the aligned reference photo is {}×{}; {size} px images need {size}×{size}",
+                        image.width(),
+                        image.height()
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
         Ok(())
     }
 
@@ -540,6 +618,10 @@ impl Arc2FacePipeline {
         self.prepare(&job.spec)?;
         let size = self.size_of(&job.spec);
         let context = self.prompt_embeddings(&job.identity, job.spec.guidance)?;
+        let reference_bank = match &job.reference_image {
+            Some(image) if job.spec.reference.is_some() => Some(self.reference_bank(image, &job.identity)?),
+            _ => None,
+        };
         let job_number = random_seed();
         for index in 0..job.spec.num_images {
             let spec = GenerationSpec { size: Some(size), ..job.spec.image(index) };
@@ -555,6 +637,7 @@ impl Arc2FacePipeline {
                 control_image: self.control_image(&spec, job.pose_image.as_ref(), context.dim(0)?)?,
                 expression_tokens: self.expression_tokens(&spec, context.dim(0)?)?,
                 context: context.clone(),
+                reference_bank: reference_bank.as_ref(),
             };
             let Some(latents) = self.denoise(&inputs, initial, index, &spec, generator.as_mut(), on_step)? else {
                 return Ok(JobOutcome::Cancelled);
@@ -592,6 +675,22 @@ impl Arc2FacePipeline {
         let pixels = Tensor::from_vec(image.as_raw().clone(), (height, width, 3), &self.runtime.device)?;
         let tensor = (pixels.permute((2, 0, 1))?.to_dtype(DType::F32)? / 255.0)?.unsqueeze(0)?;
         Ok(Some(tensor.repeat((batch, 1, 1, 1))?.to_dtype(self.runtime.dtype)?))
+    }
+
+    /// The Reference Adapter's bank for the photo `image` (aligned, at the image size), with the
+    /// identity's embedding as the context: the photo's latents are the mean of the VAE's
+    /// posterior times its scaling factor.
+    fn reference_bank(&self, image: &RgbImage, identity: &[f32]) -> Result<ReferenceBank, EngineError> {
+        let (Some(encoder), Some(unet)) = (&self.vae_encoder, &self.unet) else {
+            return Err(EngineError::Compute("the VAE encoder or the UNet is not loaded".into()));
+        };
+        let (width, height) = (image.width() as usize, image.height() as usize);
+        let pixels = Tensor::from_vec(image.as_raw().clone(), (height, width, 3), &self.runtime.device)?;
+        // [0, 255] → [−1, 1] in f32, in the order diffusers' image processor does it.
+        let pixels = (((pixels.permute((2, 0, 1))?.to_dtype(DType::F32)? / 255.0)? * 2.0)? - 1.0)?.unsqueeze(0)?;
+        let latents = encoder.encode_mean(&pixels.to_dtype(self.runtime.dtype)?)?;
+        let context = self.encoder.encode_identity(identity)?.to_dtype(self.runtime.dtype)?;
+        Ok(unet.reference_bank(&latents, &context)?)
     }
 
     /// The Expression Adapter's tokens for an image of `spec`: under guidance, the unconditional
@@ -668,7 +767,11 @@ impl Arc2FacePipeline {
                 (Some(expression), Some(tokens)) => Some(ExpressionTokens { tokens, scale: expression.scale }),
                 _ => None,
             };
-            let conditioning = Conditioning { context, control: control.as_ref(), expression };
+            let reference = match (&spec.reference, inputs.reference_bank) {
+                (Some(reference), Some(bank)) => Some(ReferenceCall::Attend { bank, lora_scale: reference.scale, guided }),
+                _ => None,
+            };
+            let conditioning = Conditioning { context, control: control.as_ref(), expression, reference };
             let eps = unet.forward(&model_input, timestep, &conditioning)?.to_dtype(DType::F32)?;
             let eps = if guided {
                 let (unconditional, conditional) = (eps.get(0)?, eps.get(1)?);

@@ -42,6 +42,8 @@ pub struct GenerationSpec {
     pub pose: Option<PoseSpec>,
     /// A target expression through the Expression Adapter.
     pub expression: Option<ExpressionSpec>,
+    /// Keep a photo's look through the Reference Adapter.
+    pub reference: Option<ReferenceSpec>,
     /// One seed across the images, the pose or the expression going from the sweep's start to
     /// the spec's own.
     pub sweep: Option<Sweep>,
@@ -63,6 +65,7 @@ impl Default for GenerationSpec {
             loras: Vec::new(),
             pose: None,
             expression: None,
+            reference: None,
             sweep: None,
             runtime: RuntimeSpec::default(),
         }
@@ -216,6 +219,31 @@ pub struct ExpressionSpec {
 impl Default for ExpressionSpec {
     fn default() -> Self {
         Self { expression: Expression::default(), scale: 1.0 }
+    }
+}
+
+/// The photo whose look the images keep (background, light, clothes), and how much the
+/// Reference Adapter's LoRA counts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ReferenceSpec {
+    /// The photo's file name (the aligned pixels travel with the job).
+    pub photo: String,
+    /// The face it was aligned on, as `arc2face faces` numbers them; `None` when the file was
+    /// already an aligned crop.
+    pub face: Option<usize>,
+    /// The LoRA's scale, 0 to 1: lower keeps the expression truer, higher the photo's
+    /// background and pose. The photo's attention counts fully at any scale.
+    pub scale: f64,
+}
+
+impl ReferenceSpec {
+    pub const DEFAULT_SCALE: f64 = 0.8;
+}
+
+impl Default for ReferenceSpec {
+    fn default() -> Self {
+        Self { photo: String::new(), face: None, scale: Self::DEFAULT_SCALE }
     }
 }
 

@@ -1,6 +1,7 @@
-//! Five-point alignment to the 112×112 ArcFace template: the least-squares similarity transform
-//! (rotation, uniform scale, translation; no reflection — Umeyama's estimate, which insightface
-//! takes from scikit-image) and a bilinear warp with a black border.
+//! Face crops from five keypoints: the 112×112 ArcFace crop (the least-squares similarity
+//! transform — rotation, uniform scale, translation; no reflection: Umeyama's estimate, which
+//! insightface takes from scikit-image) and FFHQ's portrait crop (its alignment rule, which the
+//! pose renderer frames its heads by too), both sampled bilinearly.
 
 use image::RgbImage;
 
@@ -35,17 +36,28 @@ pub fn similarity_transform(points: &[[f32; 2]; 5], template: &[[f64; 2]; 5]) ->
     [[a, -b, dst_mean[0] - (a * src_mean[0] - b * src_mean[1])], [b, a, dst_mean[1] - (b * src_mean[0] + a * src_mean[1])]]
 }
 
-/// The 112×112 crop `matrix` maps the photo onto, sampled bilinearly; outside the photo is black.
-pub fn warp_affine(photo: &RgbImage, matrix: &[[f64; 3]; 2]) -> RgbImage {
+/// What lies outside the photo in a crop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Border {
+    Black,
+    /// The nearest edge pixel, repeated (no black corners in a portrait).
+    Replicate,
+}
+
+/// The `side`×`side` crop `matrix` maps the photo onto, sampled bilinearly.
+pub fn warp_affine(photo: &RgbImage, matrix: &[[f64; 3]; 2], side: u32, border: Border) -> RgbImage {
     let [[a, b, tx], [c, d, ty]] = *matrix;
     let det = a * d - b * c;
     // The inverse map: crop pixel → photo point.
     let inverse = [[d / det, -b / det], [-c / det, a / det]];
     let (w, h) = (photo.width() as i64, photo.height() as i64);
     let pixel = |x: i64, y: i64, ch: usize| -> f64 {
-        if x < 0 || y < 0 || x >= w || y >= h { 0.0 } else { photo.get_pixel(x as u32, y as u32)[ch] as f64 }
+        match border {
+            Border::Black if x < 0 || y < 0 || x >= w || y >= h => 0.0,
+            _ => photo.get_pixel(x.clamp(0, w - 1) as u32, y.clamp(0, h - 1) as u32)[ch] as f64,
+        }
     };
-    RgbImage::from_fn(ALIGNED_SIZE, ALIGNED_SIZE, |x, y| {
+    RgbImage::from_fn(side, side, |x, y| {
         let (u, v) = (x as f64 - tx, y as f64 - ty);
         let sx = inverse[0][0] * u + inverse[0][1] * v;
         let sy = inverse[1][0] * u + inverse[1][1] * v;
@@ -57,4 +69,61 @@ pub fn warp_affine(photo: &RgbImage, matrix: &[[f64; 3]; 2]) -> RgbImage {
             (top * (1.0 - fy) + bottom * fy).round().clamp(0.0, 255.0) as u8
         }))
     })
+}
+
+/// The 112×112 ArcFace crop of the face with these keypoints.
+pub fn arcface_crop(photo: &RgbImage, keypoints: &[[f32; 2]; 5]) -> RgbImage {
+    warp_affine(photo, &similarity_transform(keypoints, &ARCFACE_TEMPLATE), ALIGNED_SIZE, Border::Black)
+}
+
+/// The square FFHQ's alignment crops a face to, in image coordinates (y down).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FfhqSquare {
+    pub centre: [f64; 2],
+    /// The unit vector along the crop's x axis; its y axis is this turned +90° (y down).
+    pub axis: [f64; 2],
+    /// Half the crop's side.
+    pub half: f64,
+}
+
+/// FFHQ's rule, from the two eye points (image-left first) and the two mouth corners: with
+/// eye_avg = (e_l + e_r)/2, eye_to_eye = e_r − e_l, eye_to_mouth = (m_l + m_r)/2 − eye_avg, the
+/// crop's x axis is eye_to_eye − flipud(eye_to_mouth) ⊙ (−1, 1), its half side
+/// max(2·|eye_to_eye|, 1.8·|eye_to_mouth|), its centre eye_avg + 0.1·eye_to_mouth. For a frontal
+/// face in a 512 crop that puts the eyes near x = 192 and 320, y ≈ 242, the mouth near y ≈ 375.
+/// `None` when the points are all in one place.
+pub fn ffhq_square(eyes: [[f64; 2]; 2], mouth: [[f64; 2]; 2]) -> Option<FfhqSquare> {
+    let eye_avg = [(eyes[0][0] + eyes[1][0]) / 2.0, (eyes[0][1] + eyes[1][1]) / 2.0];
+    let eye_to_eye = [eyes[1][0] - eyes[0][0], eyes[1][1] - eyes[0][1]];
+    let mouth_avg = [(mouth[0][0] + mouth[1][0]) / 2.0, (mouth[0][1] + mouth[1][1]) / 2.0];
+    let eye_to_mouth = [mouth_avg[0] - eye_avg[0], mouth_avg[1] - eye_avg[1]];
+    let x = [eye_to_eye[0] + eye_to_mouth[1], eye_to_eye[1] - eye_to_mouth[0]];
+    let length = x[0].hypot(x[1]);
+    if !(length > 1e-12 && length.is_finite()) {
+        return None;
+    }
+    Some(FfhqSquare {
+        centre: [eye_avg[0] + 0.1 * eye_to_mouth[0], eye_avg[1] + 0.1 * eye_to_mouth[1]],
+        axis: [x[0] / length, x[1] / length],
+        half: (2.0 * eye_to_eye[0].hypot(eye_to_eye[1])).max(1.8 * eye_to_mouth[0].hypot(eye_to_mouth[1])),
+    })
+}
+
+/// The `side`×`side` FFHQ-aligned portrait of the face with these keypoints (SCRFD order: eyes,
+/// nose, mouth corners), edges repeated where the crop leaves the photo. `None` when the
+/// keypoints are degenerate.
+pub fn ffhq_crop(photo: &RgbImage, keypoints: &[[f32; 2]; 5], side: u32) -> Option<RgbImage> {
+    let point = |i: usize| [keypoints[i][0] as f64, keypoints[i][1] as f64];
+    let square = ffhq_square([point(0), point(1)], [point(3), point(4)])?;
+    // Crop pixel p = (photo point − corner) rotated onto the crop's axes, scaled side / 2·half.
+    let scale = side as f64 / (2.0 * square.half);
+    let [ax, ay] = square.axis;
+    let (down_x, down_y) = (-ay, ax);
+    let corner = [square.centre[0] - square.half * (ax + down_x), square.centre[1] - square.half * (ay + down_y)];
+    // Photo pixel → crop pixel: rows are the crop's axes, scaled; both with pixel centres at +0.5
+    // in continuous coordinates (keypoints are continuous).
+    let (a, b, c, d) = (scale * ax, scale * ay, scale * down_x, scale * down_y);
+    let shift = |r0: f64, r1: f64| r0 * (0.5 - corner[0]) + r1 * (0.5 - corner[1]) - 0.5;
+    let matrix = [[a, b, shift(a, b)], [c, d, shift(c, d)]];
+    Some(warp_affine(photo, &matrix, side, Border::Replicate))
 }

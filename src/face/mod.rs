@@ -5,7 +5,7 @@
 pub mod align;
 pub mod arcface;
 pub mod photo;
-mod resize;
+pub mod resize;
 pub mod runtime;
 pub mod scrfd;
 
@@ -131,7 +131,7 @@ impl FaceAnalyzer {
                 return detections
                     .into_iter()
                     .map(|d| {
-                        let aligned = align::warp_affine(photo, &align::similarity_transform(&d.kps, &align::ARCFACE_TEMPLATE));
+                        let aligned = align::arcface_crop(photo, &d.kps);
                         Ok(Face { embedding: self.recognizer.embed(&aligned)?, bbox: d.bbox, score: d.score, kps: d.kps })
                     })
                     .collect();

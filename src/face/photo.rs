@@ -15,8 +15,9 @@ pub const MIN_SIDE: u32 = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PhotoError {
-    #[error("{}: {source}", path.display())]
-    Unreadable { path: PathBuf, source: std::io::Error },
+    // Not `source`: the message already says it, and error chains would say it twice.
+    #[error("{}: {error}", path.display())]
+    Unreadable { path: PathBuf, error: std::io::Error },
     #[error("{}: not an image in a format we read (JPEG, PNG, WebP, BMP, TIFF)", path.display())]
     UnknownFormat { path: PathBuf },
     #[error("{}: {width}×{height} is too large (at most {MAX_SIDE} px a side)", path.display())]
@@ -30,11 +31,11 @@ pub enum PhotoError {
 /// Loads a photo as upright 8-bit RGB.
 pub fn load_photo(path: &Path) -> Result<RgbImage, PhotoError> {
     let damaged = |e: image::ImageError| PhotoError::Damaged { path: path.to_path_buf(), reason: e.to_string() };
-    let bytes = std::fs::read(path).map_err(|source| PhotoError::Unreadable { path: path.to_path_buf(), source })?;
+    let bytes = std::fs::read(path).map_err(|error| PhotoError::Unreadable { path: path.to_path_buf(), error })?;
     // The content decides the format, not the file name.
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
-        .map_err(|source| PhotoError::Unreadable { path: path.to_path_buf(), source })?;
+        .map_err(|error| PhotoError::Unreadable { path: path.to_path_buf(), error })?;
     if reader.format().is_none() {
         return Err(PhotoError::UnknownFormat { path: path.to_path_buf() });
     }

@@ -78,6 +78,7 @@ pub enum Feature {
     PoseControl,
     ExpressionControl,
     FastMode,
+    KeepingTheLook,
 }
 
 impl Feature {
@@ -88,6 +89,7 @@ impl Feature {
             Feature::PoseControl => "pose control",
             Feature::ExpressionControl => "expression control",
             Feature::FastMode => "fast mode",
+            Feature::KeepingTheLook => "keeping the photo's look",
         }
     }
 
@@ -145,6 +147,13 @@ pub const CONTROLNET_WEIGHTS: ModelFile =
 pub const EXPRESSION_ADAPTER: ModelFile =
     arc2face_file("exp_adapter/exp_adapter.bin", "Arc2Face Expression Adapter (torch pickle)", Feature::ExpressionControl, EMOCA);
 
+pub const REFERENCE_ADAPTER: ModelFile = arc2face_file(
+    "ref_adapter/pytorch_lora_weights.safetensors",
+    "Arc2Face Reference Adapter LoRA (keep the photo's look)",
+    Feature::KeepingTheLook,
+    MIT,
+);
+
 pub const LCM_LORA: ModelFile = ModelFile {
     relative_path: "lcm_lora/pytorch_lora_weights.safetensors",
     what: "LCM-LoRA: 2 to 8 steps instead of 25 (fast mode)",
@@ -164,7 +173,7 @@ pub const GENERATION_FILES: [ModelFile; 7] =
     [UNET_CONFIG, UNET_WEIGHTS, ENCODER_CONFIG, ENCODER_WEIGHTS, VAE_CONFIG, VAE_WEIGHTS, SCHEDULER_CONFIG];
 
 /// Every file of the models folder (RECIPE.md, "Models folder"), in the order the model manager lists them.
-pub const ALL_FILES: [ModelFile; 13] = [
+pub const ALL_FILES: [ModelFile; 14] = [
     UNET_CONFIG,
     UNET_WEIGHTS,
     ENCODER_CONFIG,
@@ -177,6 +186,7 @@ pub const ALL_FILES: [ModelFile; 13] = [
     CONTROLNET_CONFIG,
     CONTROLNET_WEIGHTS,
     EXPRESSION_ADAPTER,
+    REFERENCE_ADAPTER,
     LCM_LORA,
 ];
 

@@ -6,6 +6,7 @@ use image::RgbImage;
 
 use super::head::{HeadModel, PosedHead};
 use super::{HeadPose, rotate_image};
+use crate::face::align::FfhqSquare;
 
 /// The background of a normal map: exactly mid-grey, as in the training images.
 pub const BACKGROUND: [u8; 3] = [127, 127, 127];
@@ -64,13 +65,9 @@ pub fn head_rotation(yaw: f64, pitch: f64) -> [[f64; 3]; 3] {
 
 /// The view of `head` for `pose` in a `size`×`size` image (roll ignored).
 ///
-/// FFHQ framing, applied to the projected points after rotation (image coordinates, y down):
-/// with the eye centres e_l, e_r and the mouth corners m_l, m_r, eye_avg = (e_l + e_r)/2,
-/// eye_to_eye = e_r − e_l, eye_to_mouth = (m_l + m_r)/2 − eye_avg;
-/// x = eye_to_eye − flipud(eye_to_mouth) ⊙ (−1, 1), normalised and scaled to
-/// max(2·|eye_to_eye|, 1.8·|eye_to_mouth|); y = flipud(x) ⊙ (−1, 1); centre eye_avg + 0.1·eye_to_mouth.
-/// The square c ± x ± y maps onto the image (a similarity: it turns slightly when x is not
-/// horizontal). The user's scale divides the half side; the offset moves the crop centre by
+/// FFHQ framing ([`crate::face::align::ffhq_square`]), applied to the projected eye and mouth
+/// points after rotation (image coordinates, y down): the square maps onto the image (a
+/// similarity: it turns slightly when its x axis is not horizontal). The user's scale divides the half side; the offset moves the crop centre by
 /// −offset · side along the crop's axes, so the head moves by +offset of the image side.
 ///
 /// The eyes are the head's eye landmarks (see the module docs of [`crate::pose`]). On the
@@ -90,25 +87,18 @@ pub(crate) fn framed_view(landmarks: &[[f32; 3]; 5], yaw: f64, pitch: f64, scale
         let p = p.map(|c| c as f64);
         [r[0][0] * p[0] + r[0][1] * p[1] + r[0][2] * p[2], -(r[1][0] * p[0] + r[1][1] * p[1] + r[1][2] * p[2])]
     });
-    let eye_avg = [(q[0][0] + q[1][0]) / 2.0, (q[0][1] + q[1][1]) / 2.0];
-    let eye_to_eye = [q[1][0] - q[0][0], q[1][1] - q[0][1]];
-    let mouth_avg = [(q[3][0] + q[4][0]) / 2.0, (q[3][1] + q[4][1]) / 2.0];
-    let eye_to_mouth = [mouth_avg[0] - eye_avg[0], mouth_avg[1] - eye_avg[1]];
-    let x = [eye_to_eye[0] + eye_to_mouth[1], eye_to_eye[1] - eye_to_mouth[0]];
-    let length = x[0].hypot(x[1]);
-    let (axis, mut half) = if length > 1e-12 && length.is_finite() {
-        ([x[0] / length, x[1] / length], (2.0 * eye_to_eye[0].hypot(eye_to_eye[1])).max(1.8 * eye_to_mouth[0].hypot(eye_to_mouth[1])))
-    } else {
-        ([1.0, 0.0], 0.1)
-    };
+    // A degenerate mesh (all points in one place) is framed as a 20 cm square around them.
+    let square =
+        crate::face::align::ffhq_square([q[0], q[1]], [q[3], q[4]]).unwrap_or(FfhqSquare { centre: q[0], axis: [1.0, 0.0], half: 0.1 });
+    let FfhqSquare { axis, mut half, .. } = square;
     let scale = if scale.is_finite() && scale > 0.0 { scale } else { 1.0 };
     half /= scale;
     let down = [-axis[1], axis[0]];
     let side = 2.0 * half;
     let offset = offset.map(|o| if o.is_finite() { o } else { 0.0 });
     let centre = [
-        eye_avg[0] + 0.1 * eye_to_mouth[0] - (offset[0] * axis[0] + offset[1] * down[0]) * side,
-        eye_avg[1] + 0.1 * eye_to_mouth[1] - (offset[0] * axis[1] + offset[1] * down[1]) * side,
+        square.centre[0] - (offset[0] * axis[0] + offset[1] * down[0]) * side,
+        square.centre[1] - (offset[0] * axis[1] + offset[1] * down[1]) * side,
     ];
     // The crop's x axis makes angle θ with the image's (y down); turning the camera frame (y up)
     // by +θ about z brings it onto the image's x axis.

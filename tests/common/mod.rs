@@ -44,10 +44,8 @@ pub fn noise_schedule() -> arc2face_studio::diffusion::schedulers::NoiseSchedule
 /// final latents of every image, and the images' pixels.
 pub fn generate(dtype: DType, spec: arc2face_studio::engine::GenerationSpec, initial_latents: Option<Tensor>) -> (Tensor, Vec<Vec<u8>>) {
     let job = arc2face_studio::engine::Job {
-        spec,
-        identity: reference("id_embedding.npy").to_vec1().unwrap(),
         initial_latents,
-        pose_image: None,
+        ..arc2face_studio::engine::Job::new(spec, reference("id_embedding.npy").to_vec1().unwrap())
     };
     run_job(dtype, &job)
 }
@@ -115,13 +113,13 @@ pub fn image_difference(actual: &[u8], expected: &[u8]) -> (f64, u8) {
     (mean, diffs.iter().copied().max().unwrap_or(0))
 }
 
-/// A models folder in `dir` with every tiny model (generation, ControlNet, adapters, LCM-LoRA),
+/// A models folder in `dir` with every tiny model (generation, ControlNet, adapters, LoRAs),
 /// the tiny face detector and a recognizer whose 24 values fit the tiny encoder (which takes at
 /// most 32).
 pub fn generation_and_face_models(dir: &std::path::Path) -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let models = dir.join("models");
-    for sub in ["arc2face", "encoder", "vae", "scheduler", "controlnet", "exp_adapter", "lcm_lora"] {
+    for sub in ["arc2face", "encoder", "vae", "scheduler", "controlnet", "exp_adapter", "lcm_lora", "ref_adapter"] {
         std::fs::create_dir_all(models.join(sub)).unwrap();
         for entry in std::fs::read_dir(root.join("tiny/models").join(sub)).unwrap() {
             let entry = entry.unwrap();

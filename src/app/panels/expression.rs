@@ -53,9 +53,8 @@ pub(super) fn expression(ui: &mut Ui, state: &AppState, settings: &mut Settings,
     ui.add(egui::Slider::new(&mut expression.jaw_sideways, -JAW_SIDE_LIMIT..=JAW_SIDE_LIMIT).fixed_decimals(2).text("Jaw sideways"));
     eyelids(ui, expression, &mut settings.eyelids_linked);
     expression.expression.resize(COEFFICIENTS, 0.0);
-    ui.label("Expression coefficients").on_hover_text(
-        "FLAME's expression basis: the coefficients have no names. With a FLAME model file in the models folder, the Pose panel's head shows what they do.",
-    );
+    ui.label("Expression coefficients")
+        .on_hover_text("FLAME's expression basis: the coefficients have no names; the first ones move the face the most.");
     for (i, value) in expression.expression.iter_mut().take(LEADING).enumerate() {
         ui.add(egui::Slider::new(value, -COEFFICIENT_RANGE..=COEFFICIENT_RANGE).fixed_decimals(2).text(format!("{}", i + 1)));
     }

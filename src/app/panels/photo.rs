@@ -3,7 +3,7 @@
 use egui::{Align2, Color32, FontId, Pos2, Rect, Sense, Stroke, Ui, Vec2};
 
 use super::super::state::*;
-use super::super::{Action, PhotoAction};
+use super::super::{Action, ModelsAction, PhotoAction};
 
 /// The photo with every face boxed and numbered; a click on a box selects that face.
 pub(super) fn photo(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
@@ -48,6 +48,30 @@ pub(super) fn photo(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
     let hovered = face_strip(ui, photo, actions);
     face_boxes(ui, photo, rect, scale, hovered);
     identity(ui, state, actions);
+    keep_look(ui, state, actions);
+}
+
+/// "Keep the photo's look": the Reference Adapter on the selected face's photo, and its scale.
+fn keep_look(ui: &mut Ui, state: &AppState, actions: &mut Vec<Action>) {
+    let mut settings = state.settings.clone();
+    let adapter = crate::models::REFERENCE_ADAPTER;
+    ui.horizontal_wrapped(|ui| {
+        ui.checkbox(&mut settings.use_reference, "Keep the photo's look")
+            .on_hover_text("New images keep this photo's background, light and clothes (the Reference Adapter)");
+        let hint = format!("{} is not in the models folder", adapter.relative_path);
+        if state.models.is_missing(adapter) && ui.small_button("Get the adapter…").on_hover_text(hint).clicked() {
+            actions.push(ModelsAction::Download(vec![adapter.relative_path]).into());
+            actions.push(ModelsAction::ShowWindow(true).into());
+        }
+    });
+    if settings.use_reference {
+        let reference = settings.spec.reference.get_or_insert_with(Default::default);
+        ui.add(egui::Slider::new(&mut reference.scale, 0.0..=1.0).fixed_decimals(2).text("Look strength"));
+        ui.small("Lower keeps the expression truer; higher keeps the background and pose.");
+    }
+    if settings != state.settings {
+        actions.push(Action::UpdateSettings(Box::new(settings)));
+    }
 }
 
 /// Every face as a small picture, largest first, in a row that scrolls; the selected one
