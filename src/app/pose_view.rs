@@ -84,8 +84,9 @@ pub struct Overlay {
 /// The pictures of one pose.
 pub struct PoseDrawing {
     pub mesh: HeadMesh,
-    /// The pose of the view and its overlay.
+    /// The pose of the overlay (the view is drawn turned by its roll: see [`VIEW_SIDE`]).
     pub pose: HeadPose,
+    /// The head at roll 0, `VIEW_SIDE` pixels; the panel turns it by the roll as it paints it.
     pub view: TextureHandle,
     pub overlay: Overlay,
     /// What the ControlNet is shown for `conditioning_pose` at `job_size` (roll 0: the
@@ -135,14 +136,16 @@ pub fn overlay(head: &HeadModel, pose: &HeadPose, side: usize) -> Overlay {
 }
 
 /// Draws `pose` again when it, the head or the job's size changed since `drawing` (the
-/// conditioning image at most every [`CONDITIONING_INTERVAL`] while `dragging`).
+/// conditioning image at most every [`CONDITIONING_INTERVAL`] while `dragging`). Neither picture
+/// depends on the roll (the view is turned when painted), so a roll alone redraws neither.
 pub fn refresh(ctx: &egui::Context, drawing: &mut Option<PoseDrawing>, head: &Head, pose: &HeadPose, job_size: usize, dragging: bool) {
     let pose = pose.clamped();
-    let view_image = || color_image(&pose::render_normals_rolled(&head.model, &pose, VIEW_SIDE));
+    let upright = HeadPose { roll: 0.0, ..pose };
+    let view_image = || color_image(&pose::render_normals(&head.model, &upright, VIEW_SIDE));
     let drawn = match drawing {
         Some(drawn) if drawn.mesh == head.mesh => drawn,
         _ => {
-            let conditioning = pose::render_normals(&head.model, &pose, job_size);
+            let conditioning = pose::render_normals(&head.model, &upright, job_size);
             *drawing = Some(PoseDrawing {
                 mesh: head.mesh.clone(),
                 pose,
@@ -150,7 +153,7 @@ pub fn refresh(ctx: &egui::Context, drawing: &mut Option<PoseDrawing>, head: &He
                 overlay: overlay(&head.model, &pose, VIEW_SIDE),
                 conditioning_texture: ctx.load_texture("pose-conditioning", color_image(&conditioning), TextureOptions::NEAREST),
                 conditioning,
-                conditioning_pose: pose,
+                conditioning_pose: upright,
                 job_size,
                 conditioning_drawn_at: Instant::now(),
             });
@@ -158,16 +161,19 @@ pub fn refresh(ctx: &egui::Context, drawing: &mut Option<PoseDrawing>, head: &He
         }
     };
     if drawn.pose != pose {
-        drawn.view.set(view_image(), TextureOptions::LINEAR);
+        let drawn_upright = HeadPose { roll: 0.0, ..drawn.pose };
+        if drawn_upright != upright {
+            drawn.view.set(view_image(), TextureOptions::LINEAR);
+        }
         drawn.overlay = overlay(&head.model, &pose, VIEW_SIDE);
         drawn.pose = pose;
     }
-    if drawn.conditioning_pose != pose || drawn.job_size != job_size {
+    if drawn.conditioning_pose != upright || drawn.job_size != job_size {
         let waited = drawn.conditioning_drawn_at.elapsed();
         if !dragging || waited >= CONDITIONING_INTERVAL {
-            drawn.conditioning = pose::render_normals(&head.model, &pose, job_size);
+            drawn.conditioning = pose::render_normals(&head.model, &upright, job_size);
             drawn.conditioning_texture.set(color_image(&drawn.conditioning), TextureOptions::NEAREST);
-            drawn.conditioning_pose = pose;
+            drawn.conditioning_pose = upright;
             drawn.job_size = job_size;
             drawn.conditioning_drawn_at = Instant::now();
         } else {

@@ -180,6 +180,34 @@ pub fn rotate_image_point(p: [f32; 2], roll_degrees: f64, width: u32, height: u3
     [(w / 2.0 + zoom * (cos * dx + sin * dy)) as f32, (h / 2.0 + zoom * (-sin * dx + cos * dy)) as f32]
 }
 
+/// Where the point `p` of the turned image comes from in the original: the inverse of
+/// [`rotate_image_point`]. For drawing an image turned by a graphics card as
+/// [`rotate_image`] turns it.
+pub fn unrotate_image_point(p: [f32; 2], roll_degrees: f64, width: u32, height: u32) -> [f32; 2] {
+    Unrotation::new(roll_degrees, width, height).source([p[0] as f64, p[1] as f64]).map(|c| c as f32)
+}
+
+/// The map from a turned image's points back to the original's.
+struct Unrotation {
+    centre: [f64; 2],
+    zoom: f64,
+    sin: f64,
+    cos: f64,
+}
+
+impl Unrotation {
+    fn new(roll_degrees: f64, width: u32, height: u32) -> Self {
+        let (w, h) = (width as f64, height as f64);
+        let (sin, cos) = roll_degrees.to_radians().sin_cos();
+        Self { centre: [w / 2.0, h / 2.0], zoom: rotation_zoom(w, h, roll_degrees), sin, cos }
+    }
+
+    fn source(&self, p: [f64; 2]) -> [f64; 2] {
+        let (dx, dy) = ((p[0] - self.centre[0]) / self.zoom, (p[1] - self.centre[1]) / self.zoom);
+        [self.centre[0] + self.cos * dx - self.sin * dy, self.centre[1] + self.sin * dx + self.cos * dy]
+    }
+}
+
 /// `image` turned counter-clockwise by `roll_degrees` about its centre, magnified just enough that
 /// no empty corner shows (the turned image covers the whole frame), sampled bilinearly. Roll 0
 /// returns the image unchanged; the result has the input's size.
@@ -188,16 +216,13 @@ pub fn rotate_image(image: &RgbImage, roll_degrees: f64) -> RgbImage {
         return image.clone();
     }
     let (width, height) = image.dimensions();
-    let (w, h) = (width as f64, height as f64);
-    let zoom = rotation_zoom(w, h, roll_degrees);
-    let (sin, cos) = roll_degrees.to_radians().sin_cos();
     let (max_x, max_y) = (width as i64 - 1, height as i64 - 1);
     let pixel = |x: i64, y: i64| image.get_pixel(x.clamp(0, max_x) as u32, y.clamp(0, max_y) as u32).0;
+    let unrotation = Unrotation::new(roll_degrees, width, height);
     RgbImage::from_fn(width, height, |x, y| {
-        // The inverse of rotate_image_point, from this pixel's centre to the source's pixel grid.
-        let (dx, dy) = ((x as f64 + 0.5 - w / 2.0) / zoom, (y as f64 + 0.5 - h / 2.0) / zoom);
-        let sx = w / 2.0 + cos * dx - sin * dy - 0.5;
-        let sy = h / 2.0 + sin * dx + cos * dy - 0.5;
+        // From this pixel's centre to the source's pixel grid.
+        let [sx, sy] = unrotation.source([x as f64 + 0.5, y as f64 + 0.5]);
+        let (sx, sy) = (sx - 0.5, sy - 0.5);
         let (x0, y0) = (sx.floor(), sy.floor());
         let (fx, fy) = (sx - x0, sy - y0);
         let (x0, y0) = (x0 as i64, y0 as i64);

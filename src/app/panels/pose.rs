@@ -157,13 +157,28 @@ fn head_view(ui: &mut Ui, state: &AppState, pose: &mut HeadPose) {
     );
 
     let painter = ui.painter_at(rect);
-    painter.image(drawing.view.id(), rect, Rect::from_min_max(Pos2::ZERO, Pos2::new(1.0, 1.0)), Color32::WHITE);
+    paint_turned(&painter, &drawing.view, rect, pose.roll);
     paint_overlay(&painter, overlay, &at);
     painter.circle_stroke(ring.centre, ring.radius, Stroke::new(1.5, Color32::from_white_alpha(90)));
     let knob_angle = (pose.roll as f32).to_radians();
     let knob = ring.centre + ring.radius * Vec2::new(-knob_angle.sin(), -knob_angle.cos());
     painter.circle_filled(knob, 6.0, Color32::from_rgb(250, 200, 80));
     painter.circle(chin, 7.0, Color32::from_black_alpha(60), Stroke::new(1.5, Color32::from_rgb(250, 200, 80)));
+}
+
+/// The upright head `view` painted over `rect` turned by `roll` as the finished image will be
+/// ([`crate::pose::rotate_image`]): each corner samples the texture where that function would.
+fn paint_turned(painter: &egui::Painter, view: &egui::TextureHandle, rect: Rect, roll: f64) {
+    let side = VIEW_SIDE as u32;
+    let mut mesh = egui::Mesh::with_texture(view.id());
+    for corner in [rect.left_top(), rect.right_top(), rect.right_bottom(), rect.left_bottom()] {
+        let at = (corner - rect.min) / rect.width() * VIEW_SIDE as f32;
+        let [u, v] = crate::pose::unrotate_image_point([at.x, at.y], roll, side, side);
+        mesh.vertices.push(egui::epaint::Vertex { pos: corner, uv: Pos2::new(u, v) / VIEW_SIDE as f32, color: Color32::WHITE });
+    }
+    mesh.add_triangle(0, 1, 2);
+    mesh.add_triangle(0, 2, 3);
+    painter.add(egui::Shape::mesh(mesh));
 }
 
 /// The ring the roll is dragged on.
