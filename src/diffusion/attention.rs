@@ -4,15 +4,17 @@
 //!
 //! Forked from candle-transformers' `stable_diffusion::attention` because its GEGLU uses the
 //! tanh approximation of GELU where diffusers uses the exact (erf) one, a difference that shows
-//! at 1e-4 in the final latents.
+//! at 1e-4 in the final latents. Its norms, convolutions and attention run on our CPU kernels
+//! (`ops`), which take the heads side by side as the projections leave them.
 
 use std::collections::HashMap;
 
-use candle_core::{D, DType, Module, Result, Tensor};
-use candle_nn::{Conv2d, GroupNorm, LayerNorm, Linear, VarBuilder};
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{LayerNorm, Linear, VarBuilder};
 
 use super::expression_adapter::ExpressionAttention;
 use super::lora::LoraSidePath;
+use super::ops::{self, Conv2d, GroupNorm};
 use super::reference_adapter::ReferenceCall;
 use super::unet::{Conditioning, ExpressionTokens};
 
@@ -78,36 +80,19 @@ impl Attention {
     /// softmax) to the expression tokens when the adapter is attached and given them; side-path
     /// LoRAs count at `lora_strength`.
     fn forward(&self, xs: &Tensor, context: &Tensor, expression: Option<ExpressionTokens>, lora_strength: f64) -> Result<Tensor> {
-        let q = self.split_heads(&self.to_q.forward(xs, lora_strength)?)?;
-        let k = self.split_heads(&self.to_k.forward(context, lora_strength)?)?;
-        let v = self.split_heads(&self.to_v.forward(context, lora_strength)?)?;
-        let mut out = attend(&q, &k, &v)?;
+        let q = self.to_q.forward(xs, lora_strength)?;
+        let k = self.to_k.forward(context, lora_strength)?;
+        let v = self.to_v.forward(context, lora_strength)?;
+        let mut out = ops::attention(&q, &k, &v, self.heads)?;
         if let (Some(adapter), Some(tokens)) = (&self.expression, expression)
             && tokens.scale != 0.0
         {
-            let k = self.split_heads(&adapter.to_k.forward(tokens.tokens)?)?;
-            let v = self.split_heads(&adapter.to_v.forward(tokens.tokens)?)?;
-            out = (out + (attend(&q, &k, &v)? * tokens.scale)?)?;
+            let k = adapter.to_k.forward(tokens.tokens)?;
+            let v = adapter.to_v.forward(tokens.tokens)?;
+            out = (out + (ops::attention(&q, &k, &v, self.heads)? * tokens.scale)?)?;
         }
-        let (batch, heads, n, head_dim) = out.dims4()?;
-        let out = out.transpose(1, 2)?.reshape((batch, n, heads * head_dim))?;
         self.to_out.forward(&out, lora_strength)
     }
-
-    /// `(B, N, H·D)` → `(B, H, N, D)`.
-    fn split_heads(&self, xs: &Tensor) -> Result<Tensor> {
-        let (batch, n, inner) = xs.dims3()?;
-        xs.reshape((batch, n, self.heads, inner / self.heads))?.transpose(1, 2)?.contiguous()
-    }
-}
-
-/// Scaled dot-product attention over heads, `(B, H, N, D)` each; softmax in f32.
-fn attend(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-    let head_dim = q.dim(D::Minus1)?;
-    let in_dtype = q.dtype();
-    let scores = (q.to_dtype(DType::F32)?.matmul(&k.to_dtype(DType::F32)?.t()?)? * (head_dim as f64).powf(-0.5))?;
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-    probs.matmul(&v.to_dtype(DType::F32)?)?.to_dtype(in_dtype)
 }
 
 /// GEGLU feed-forward: `proj` to twice the inner width, `value · gelu(gate)`, then back.
@@ -123,8 +108,7 @@ impl FeedForward {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let projected = self.proj.forward(xs)?.chunk(2, D::Minus1)?;
-        self.out.forward(&(&projected[0] * projected[1].gelu_erf()?)?)
+        self.out.forward(&ops::geglu(&self.proj.forward(xs)?)?)
     }
 }
 
@@ -216,14 +200,14 @@ impl SpatialTransformer {
             Ok(if s.use_linear_projection {
                 Projection::Linear(candle_nn::linear(c, c, vb.pp(name))?)
             } else {
-                Projection::Conv(candle_nn::conv2d(c, c, 1, Default::default(), vb.pp(name))?)
+                Projection::Conv(ops::conv2d_layer(c, c, 1, Default::default(), vb.pp(name))?)
             })
         };
         let blocks = (0..s.depth)
             .map(|i| TransformerBlock::new(vb.pp(format!("transformer_blocks.{i}")), c, s.context_dim, s.heads))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            norm: candle_nn::group_norm(s.norm_num_groups, c, 1e-6, vb.pp("norm"))?,
+            norm: ops::group_norm(s.norm_num_groups, c, 1e-6, vb.pp("norm"))?,
             proj_in: projection("proj_in")?,
             blocks,
             proj_out: projection("proj_out")?,

@@ -5,9 +5,10 @@
 //! (RECIPE.md, "Pose ControlNet").
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
+use candle_nn::{Conv2dConfig, VarBuilder};
 use serde::Deserialize;
 
+use super::ops::{self, Conv2d};
 use super::unet::{Conditioning, DownPath, DownPathConfig, DownPathOutput, TimeEmbedding};
 
 /// A diffusers `ControlNetModel` config: the down path the UNet shares, plus the conditioning
@@ -76,14 +77,14 @@ impl ConditioningEmbedding {
         let channels = &config.conditioning_embedding_out_channels;
         let same = Conv2dConfig { padding: 1, ..Default::default() };
         let halve = Conv2dConfig { padding: 1, stride: 2, ..Default::default() };
-        let conv_in = candle_nn::conv2d(config.conditioning_channels, channels[0], 3, same, vb.pp("conv_in"))?;
+        let conv_in = ops::conv2d_layer(config.conditioning_channels, channels[0], 3, same, vb.pp("conv_in"))?;
         let mut blocks = Vec::new();
         for (i, pair) in channels.windows(2).enumerate() {
-            blocks.push(candle_nn::conv2d(pair[0], pair[0], 3, same, vb.pp(format!("blocks.{}", 2 * i)))?);
-            blocks.push(candle_nn::conv2d(pair[0], pair[1], 3, halve, vb.pp(format!("blocks.{}", 2 * i + 1)))?);
+            blocks.push(ops::conv2d_layer(pair[0], pair[0], 3, same, vb.pp(format!("blocks.{}", 2 * i)))?);
+            blocks.push(ops::conv2d_layer(pair[0], pair[1], 3, halve, vb.pp(format!("blocks.{}", 2 * i + 1)))?);
         }
         let last = channels[channels.len() - 1];
-        let conv_out = candle_nn::conv2d(last, config.down.block_out_channels[0], 3, same, vb.pp("conv_out"))?;
+        let conv_out = ops::conv2d_layer(last, config.down.block_out_channels[0], 3, same, vb.pp("conv_out"))?;
         Ok(Self { conv_in, blocks, conv_out })
     }
 
@@ -121,7 +122,7 @@ impl ControlNet {
                 skip_channels.push(width);
             }
         }
-        let one_by_one = |vb: VarBuilder, width: usize| candle_nn::conv2d(width, width, 1, Default::default(), vb);
+        let one_by_one = |vb: VarBuilder, width: usize| ops::conv2d_layer(width, width, 1, Default::default(), vb);
         let down_residuals = skip_channels
             .iter()
             .enumerate()

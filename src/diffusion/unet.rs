@@ -9,7 +9,7 @@
 //! - everything that conditions a call travels as one `Conditioning` value.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, GroupNorm, VarBuilder};
+use candle_nn::VarBuilder;
 use candle_transformers::models::stable_diffusion::embeddings::{TimestepEmbedding, Timesteps};
 use serde::Deserialize;
 
@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use super::attention::SpatialTransformer;
 use super::controlnet::ControlResiduals;
 use super::expression_adapter::ExpressionAttention;
+use super::ops::{self, Conv2d, GroupNorm};
 use super::lora::LoraSidePath;
 use super::reference_adapter::{BankRecorder, ReferenceBank, ReferenceCall};
 use super::unet_blocks::{BlockSettings, DownBlock, MidBlock, Transformers, UpBlock};
@@ -323,7 +324,7 @@ impl DownPath {
         let n = channels.len();
         let settings = config.block_settings();
         let conv3 = candle_nn::Conv2dConfig { padding: 1, ..Default::default() };
-        let conv_in = candle_nn::conv2d(config.in_channels, channels[0], 3, conv3, vb.pp("conv_in"))?;
+        let conv_in = ops::conv2d_layer(config.in_channels, channels[0], 3, conv3, vb.pp("conv_in"))?;
         let down_blocks = (0..n)
             .map(|i| {
                 let in_channels = if i == 0 { channels[0] } else { channels[i - 1] };
@@ -415,8 +416,8 @@ impl UNet {
             time_embedding: TimeEmbedding::new(vb.clone(), down)?,
             down_path: DownPath::new(vb.clone(), down)?,
             up_blocks,
-            conv_norm_out: candle_nn::group_norm(down.norm_num_groups, channels[0], down.norm_eps, vb.pp("conv_norm_out"))?,
-            conv_out: candle_nn::conv2d(channels[0], config.out_channels, 3, conv3, vb.pp("conv_out"))?,
+            conv_norm_out: ops::group_norm(down.norm_num_groups, channels[0], down.norm_eps, vb.pp("conv_norm_out"))?,
+            conv_out: ops::conv2d_layer(channels[0], config.out_channels, 3, conv3, vb.pp("conv_out"))?,
             center_input_sample: config.center_input_sample,
             transformer_blocks: 0,
         };
@@ -504,7 +505,6 @@ impl UNet {
             let block_skips = skips.split_off(skips.len() - block.num_skips());
             xs = block.forward(&xs, &block_skips, &temb, conditioning)?;
         }
-        let xs = candle_nn::ops::silu(&self.conv_norm_out.forward(&xs)?)?;
-        self.conv_out.forward(&xs)
+        self.conv_out.forward(&self.conv_norm_out.forward_silu(&xs)?)
     }
 }

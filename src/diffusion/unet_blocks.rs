@@ -3,13 +3,15 @@
 //!
 //! Forked from candle-transformers' `unet_2d_blocks` because its `DownBlock2D` and `UpBlock2D`
 //! (and the cross-attention blocks built on them) ignore `resnet_groups` and always normalise in
-//! 32 groups, and because the transformers are our own (`attention`). The resnets are candle's.
+//! 32 groups, and because the transformers are our own (`attention`). The resnets and
+//! convolutions run on our CPU kernels (`resnet`, `ops`).
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
-use candle_transformers::models::stable_diffusion::resnet::{ResnetBlock2D, ResnetBlock2DConfig};
+use candle_nn::{Conv2dConfig, VarBuilder};
 
 use super::attention::{SpatialTransformer, TransformerSettings};
+use super::ops::{self, Conv2d};
+use super::resnet::{ResnetBlock2D, ResnetBlock2DConfig};
 use super::unet::Conditioning;
 
 /// What the blocks of one UNet share.
@@ -53,7 +55,7 @@ fn transformer(vb: VarBuilder, channels: usize, transformers: Transformers, s: &
 }
 
 fn conv3(vb: VarBuilder, channels: usize, stride: usize, padding: usize) -> Result<Conv2d> {
-    candle_nn::conv2d(channels, channels, 3, Conv2dConfig { stride, padding, ..Default::default() }, vb.pp("conv"))
+    ops::conv2d_layer(channels, channels, 3, Conv2dConfig { stride, padding, ..Default::default() }, vb.pp("conv"))
 }
 
 pub struct DownBlock {
@@ -165,10 +167,7 @@ impl UpBlock {
             }
         }
         match &self.upsampler {
-            Some(conv) => {
-                let (_, _, h, w) = xs.dims4()?;
-                conv.forward(&xs.upsample_nearest2d(2 * h, 2 * w)?)
-            }
+            Some(conv) => conv.forward_upsampled(&xs, 2),
             None => Ok(xs),
         }
     }
