@@ -1,5 +1,6 @@
 //! Times the heavy pieces alone on a models folder: loading, one UNet step (with guidance, so
-//! batch 2) and one VAE decode. Complements tools/bench.sh, which times the whole CLI run.
+//! batch 2), the live preview the app makes after each step, and one VAE decode. Complements
+//! tools/bench.sh, which times the whole CLI run.
 //!
 //!     cargo run --release --example bench_components -- MODELS_DIR [SIZE] [unet|vae]
 //!
@@ -11,6 +12,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 
+use arc2face_studio::diffusion::preview;
 use arc2face_studio::diffusion::unet::{Conditioning, UNet, UNetConfig};
 use arc2face_studio::diffusion::vae::{Vae, VaeConfig};
 use arc2face_studio::models::{self, ModelsDir, load_safetensors};
@@ -41,11 +43,25 @@ fn main() -> anyhow::Result<()> {
         let unet = UNet::new(load_safetensors(&dir.path(models::UNET_WEIGHTS), DType::F32, &device)?, &config)?;
         eprintln!("load UNet        {:7.3} s", started.elapsed().as_secs_f64());
         let context = Tensor::randn(0f32, 1., (2, 77, config.cross_attention_dim()), &device)?;
+        let mut step_seconds = f64::INFINITY;
         for i in 0..3 {
             let (started, cpu) = (Instant::now(), cpu_seconds());
             unet.forward(&latents, 999.0, &Conditioning::context(&context))?;
+            step_seconds = step_seconds.min(started.elapsed().as_secs_f64());
             eprintln!("UNet step {i} (batch 2, {size} px) {:7.3} s  (cpu {:.2} s)", started.elapsed().as_secs_f64(), cpu_seconds() - cpu);
         }
+        // The worker's per-step preview: the predicted clean latents to RGB (its send is a move).
+        let started = Instant::now();
+        let previews = 100;
+        for _ in 0..previews {
+            std::hint::black_box(preview::latents_to_rgb(&latents)?);
+        }
+        let preview_seconds = started.elapsed().as_secs_f64() / previews as f64;
+        eprintln!(
+            "preview          {:7.3} ms  ({:.3} % of the fastest UNet step)",
+            preview_seconds * 1e3,
+            100.0 * preview_seconds / step_seconds
+        );
     }
     if !run_vae {
         return Ok(());

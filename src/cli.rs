@@ -35,6 +35,9 @@ pub struct Cli {
     pub models: Option<PathBuf>,
     /// Without a subcommand: photos the desktop app opens at start.
     pub photos: Vec<PathBuf>,
+    /// CPU threads the models compute on [default: RAYON_NUM_THREADS, else the physical cores].
+    #[arg(long, global = true, env = "ARC2FACE_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
 }
 
 // Parsed once per process: the size of its largest variant does not matter.
@@ -336,6 +339,7 @@ impl SettingsArgs {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    crate::engine::set_cpu_threads(cli.threads.map(usize::from));
     match cli.command {
         Some(Command::Generate(args)) => generate(args),
         Some(Command::Faces(args)) => faces(args),

@@ -217,6 +217,7 @@ fn bad_requests_say_what_is_wrong_and_write_nothing() {
         (with_id(&["--size", "0"]), "size must be a multiple of 8"),
         (with_id(&["--size", "4096"]), "size must be a multiple of 8 between 8 and 1024"),
         (with_id(&["--steps", "0"]), "steps must be between 1 and 1000"),
+        (with_id(&["--threads", "0"]), "invalid value '0' for '--threads <THREADS>'"),
         (with_id(&["--num-images", "0"]), "the number of images must be between 1 and 64"),
         (with_id(&["--guidance", "NaN"]), "guidance must be a number from 0 to 50"),
         (with_id(&["--guidance=-1"]), "guidance must be a number from 0 to 50"),

@@ -2,16 +2,18 @@
 # Wall time and peak RSS: the Rust CLI vs the diffusers reference, same job, CPU.
 #
 #   tools/bench.sh --bin target/release/arc2face --models /tmp/full/models \
-#       [--size 256] [--steps 4] [--guidance 3] [--threads N] [--python /work/pyref/bin/python]
+#       [--size 256] [--steps 4] [--guidance 3] [--threads N] [--rounds 3] [--python /tmp/pyref/bin/python]
 #
 # Builds nothing. Make the models with:
 #   /work/pyref/bin/python tools/make_fixtures.py --full-size --out /tmp/full
-# Runs each command under /usr/bin/time -v (apt-get install -y time if missing) and prints wall
-# seconds, peak RSS and the Rust/diffusers ratios. The identity is a random 512-d vector (seed 1),
-# written to a temp .npy and given to both.
+# Runs each command under /usr/bin/time -v (apt-get install -y time if missing), --rounds times
+# each, alternating (rust, diffusers, rust, …) so that drift in the machine's load hits both, and
+# prints every run's wall seconds and peak RSS, their medians and the Rust/diffusers ratios of
+# the medians. The identity is a random 512-d vector (seed 1), written to a temp .npy and given
+# to both.
 set -euo pipefail
 
-BIN="" MODELS="" SIZE=256 STEPS=4 GUIDANCE=3 THREADS="" PY=/work/pyref/bin/python
+BIN="" MODELS="" SIZE=256 STEPS=4 GUIDANCE=3 THREADS="" ROUNDS=3 PY=/tmp/pyref/bin/python
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --bin) BIN=$2; shift 2 ;;
@@ -20,8 +22,9 @@ while [[ $# -gt 0 ]]; do
     --steps) STEPS=$2; shift 2 ;;
     --guidance) GUIDANCE=$2; shift 2 ;;
     --threads) THREADS=$2; shift 2 ;;
+    --rounds) ROUNDS=$2; shift 2 ;;
     --python) PY=$2; shift 2 ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -36,7 +39,7 @@ if [[ ! -x /usr/bin/time ]]; then
 fi
 
 HERE=$(cd "$(dirname "$0")" && pwd)
-THREADS=${THREADS:-$(nproc)}
+THREADS=${THREADS:-$(lscpu -p=core | grep -v "^#" | sort -u | wc -l)}  # physical cores, as ours defaults to
 export OMP_NUM_THREADS=$THREADS RAYON_NUM_THREADS=$THREADS
 WORK=$(mktemp -d /tmp/arc2face_bench.XXXXXX)
 E="$WORK/id.npy"
@@ -60,17 +63,30 @@ rss() { awk -F': ' '/Maximum resident set size/ {printf "%.0f", $2/1024}' "$1"; 
 # for the disk and the order does not matter.
 cat "$MODELS"/*/* >/dev/null
 
-run rust "$BIN" generate --models "$MODELS" --embedding "$E" --size "$SIZE" --steps "$STEPS" \
-  --num-images 1 --guidance "$GUIDANCE" --seed 1 --out "$WORK/rust"
-run diffusers "$PY" "$HERE/bench_diffusers.py" --models "$MODELS" --embedding "$E" --size "$SIZE" \
-  --steps "$STEPS" --num-images 1 --guidance "$GUIDANCE" --seed 1 --out "$WORK/diffusers" --threads "$THREADS"
+median() { sort -g | awk '{v[NR]=$1} END {print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2)}'; }
 
-RW=$(wall "$WORK/rust.time"); DW=$(wall "$WORK/diffusers.time")
-RR=$(rss "$WORK/rust.time"); DR=$(rss "$WORK/diffusers.time")
+printf '%-12s %10s %14s\n' "" "wall s" "peak RSS MiB" >"$WORK/table"
+for round in $(seq 1 "$ROUNDS"); do
+  run "rust$round" "$BIN" generate --threads "$THREADS" --models "$MODELS" --embedding "$E" --size "$SIZE" \
+    --steps "$STEPS" --num-images 1 --guidance "$GUIDANCE" --seed 1 --out "$WORK/rust"
+  run "diffusers$round" "$PY" "$HERE/bench_diffusers.py" --models "$MODELS" --embedding "$E" --size "$SIZE" \
+    --steps "$STEPS" --num-images 1 --guidance "$GUIDANCE" --seed 1 --out "$WORK/diffusers" --threads "$THREADS"
+  for name in rust diffusers; do
+    printf '%-12s %10s %14s\n' "$name $round" "$(wall "$WORK/$name$round.time")" "$(rss "$WORK/$name$round.time")" >>"$WORK/table"
+  done
+done
+medians() { # name -> "wall rss"
+  local w r
+  w=$(for i in $(seq 1 "$ROUNDS"); do wall "$WORK/$1$i.time"; echo; done | median)
+  r=$(for i in $(seq 1 "$ROUNDS"); do rss "$WORK/$1$i.time"; echo; done | median)
+  echo "$w $r"
+}
+read -r RW RR < <(medians rust)
+read -r DW DR < <(medians diffusers)
 echo
-echo "job: ${SIZE}px, $STEPS steps, guidance $GUIDANCE, 1 image, $THREADS threads; outputs in $WORK"
-printf '%-10s %10s %14s\n' "" "wall s" "peak RSS MiB"
-printf '%-10s %10s %14s\n' rust "$RW" "$RR"
-printf '%-10s %10s %14s\n' diffusers "$DW" "$DR"
+echo "job: ${SIZE}px, $STEPS steps, guidance $GUIDANCE, 1 image, $THREADS threads, $ROUNDS rounds alternated; outputs in $WORK"
+cat "$WORK/table"
+printf '%-12s %10s %14s\n' "rust median" "$RW" "$RR"
+printf '%-12s %10s %14s\n' "diff median" "$DW" "$DR"
 awk -v rw="$RW" -v dw="$DW" -v rr="$RR" -v dr="$DR" \
-  'BEGIN { printf "%-10s %10.2f %14.2f   (rust / diffusers)\n", "ratio", rw/dw, rr/dr }'
+  'BEGIN { printf "%-12s %10.2f %14.2f   (rust / diffusers, medians)\n", "ratio", rw/dw, rr/dr }'

@@ -18,8 +18,8 @@ use std::collections::HashMap;
 use super::attention::SpatialTransformer;
 use super::controlnet::ControlResiduals;
 use super::expression_adapter::ExpressionAttention;
-use super::ops::{self, Conv2d, GroupNorm};
 use super::lora::LoraSidePath;
+use super::ops::{self, Conv2d, GroupNorm};
 use super::reference_adapter::{BankRecorder, ReferenceBank, ReferenceCall};
 use super::unet_blocks::{BlockSettings, DownBlock, MidBlock, Transformers, UpBlock};
 

@@ -276,8 +276,7 @@ impl VaeEncoder {
                 let resnets = (0..config.layers_per_block)
                     .map(|j| resnet(vb.pp(format!("resnets.{j}")), config, if j == 0 { in_channels } else { width }, width))
                     .collect::<Result<Vec<_>>>()?;
-                let downsampler =
-                    (i + 1 < widths.len()).then(|| conv3(vb.pp("downsamplers.0.conv"), width, width, 2, 0)).transpose()?;
+                let downsampler = (i + 1 < widths.len()).then(|| conv3(vb.pp("downsamplers.0.conv"), width, width, 2, 0)).transpose()?;
                 Ok(DownBlock { resnets, downsampler })
             })
             .collect::<Result<Vec<_>>>()?;

@@ -22,7 +22,7 @@ use crate::diffusion::vae::{self, Vae, VaeConfig, VaeEncoder};
 use crate::models::weights::{SafetensorsFile, Weights};
 use crate::models::{self, ModelError, ModelFile, ModelsDir, first_line};
 use crate::pose::{self, HeadModel};
-pub use runtime::{DeviceChoice, Precision, Runtime, RuntimeSpec};
+pub use runtime::{DeviceChoice, Precision, Runtime, RuntimeSpec, set_cpu_threads};
 pub use spec::{
     ExpressionSpec, FaceRef, GenerationSpec, HeadMesh, IdentitySource, ImageMetadata, LoadedFile, LoraSpec, PoseSpec, PoseTarget,
     ReferenceSpec, Sweep,
@@ -229,26 +229,19 @@ impl Arc2FacePipeline {
 
         let encoder_config: IdEncoderConfig = models::read_json(&read(models::ENCODER_CONFIG)?)?;
         let encoder_path = read(models::ENCODER_WEIGHTS)?;
-        let encoder = models::load_pickle(&encoder_path, dtype, device)
-            .and_then(|vb| IdEncoder::new(vb, &encoder_config))
-            .map_err(|e| ModelError::invalid(&encoder_path, e))?;
-        let unconditional = encoder.encode_unconditional()?;
-
         let unet_config: UNetConfig = models::read_json(&read(models::UNET_CONFIG)?)?;
-        if unet_config.cross_attention_dim() != encoder.hidden_size() {
+        if unet_config.cross_attention_dim() != encoder_config.hidden_size {
             return Err(ModelError::invalid(
                 &models.path(models::UNET_CONFIG),
                 format!(
                     "cross_attention_dim {} does not match the encoder's hidden_size {}",
                     unet_config.cross_attention_dim(),
-                    encoder.hidden_size()
+                    encoder_config.hidden_size
                 ),
             )
             .into());
         }
         let unet_path = read(models::UNET_WEIGHTS)?;
-        let unet = load_unet(&unet_path, &unet_config, LoraDeltas::default(), runtime)?;
-
         let vae_config: VaeConfig = models::read_json(&read(models::VAE_CONFIG)?)?;
         if vae_config.latent_channels != unet_config.in_channels() || unet_config.in_channels() != unet_config.out_channels {
             return Err(ModelError::invalid(
@@ -263,8 +256,24 @@ impl Arc2FacePipeline {
             .into());
         }
         let vae_path = read(models::VAE_WEIGHTS)?;
-        let vae =
-            Vae::new(models::load_safetensors(&vae_path, dtype, device)?, &vae_config).map_err(|e| ModelError::invalid(&vae_path, e))?;
+
+        // The encoder is read on a thread of its own while this one reads the UNet and the VAE:
+        // reading weights is bound by page faults and copies, which two threads overlap.
+        let (encoder, unet, vae) = std::thread::scope(|scope| {
+            let encoder = scope.spawn(|| -> Result<(IdEncoder, Tensor), EngineError> {
+                let encoder = models::load_pickle(&encoder_path, dtype, device)
+                    .and_then(|vb| IdEncoder::new(vb, &encoder_config))
+                    .map_err(|e| ModelError::invalid(&encoder_path, e))?;
+                let unconditional = encoder.encode_unconditional()?;
+                Ok((encoder, unconditional))
+            });
+            let unet = load_unet(&unet_path, &unet_config, LoraDeltas::default(), runtime);
+            let vae = models::load_safetensors(&vae_path, dtype, device)
+                .and_then(|vb| Vae::new(vb, &vae_config).map_err(|e| ModelError::invalid(&vae_path, e)));
+            let encoder = encoder.join().unwrap_or_else(|_| Err(EngineError::Compute("reading the identity encoder failed".into())));
+            (encoder, unet, vae)
+        });
+        let ((encoder, unconditional), unet, vae) = (encoder?, unet?, vae?);
 
         Ok(Self {
             encoder,

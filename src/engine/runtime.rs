@@ -154,6 +154,18 @@ fn cuda(ordinal: usize) -> Result<Device, EngineError> {
     })
 }
 
+/// Sizes the pool of CPU threads the models compute on (rayon's global pool, shared by candle's
+/// CPU ops and our kernels) and returns its size: `requested`, else `RAYON_NUM_THREADS`, else the
+/// physical cores. A core's second hardware thread shares its vector units, so in matrix
+/// products it adds contention, not speed. Only the first call in a process sizes the pool.
+pub fn set_cpu_threads(requested: Option<usize>) -> usize {
+    let from_env = std::env::var("RAYON_NUM_THREADS").ok().and_then(|n| n.parse().ok()).filter(|&n| n > 0);
+    let threads = requested.or(from_env).unwrap_or_else(num_cpus::get_physical);
+    // Fails only when the pool already exists (a second call); it keeps its size then.
+    let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
+    rayon::current_num_threads()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

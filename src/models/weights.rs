@@ -121,16 +121,35 @@ impl SafetensorsFile {
 
     /// One tensor as stored (its dtype), on the CPU.
     pub fn read(&self, name: &str) -> candle_core::Result<Tensor> {
-        use std::io::{Read, Seek, SeekFrom};
         let Some(info) = self.tensors.get(name) else {
             candle_core::bail!("{}: no tensor named {name}", self.path.display());
         };
-        let mut bytes = vec![0u8; (info.end - info.start) as usize];
+        match info.dtype {
+            DType::F32 => self.read_as::<f32>(info),
+            DType::F16 => self.read_as::<half::f16>(info),
+            DType::BF16 => self.read_as::<half::bf16>(info),
+            DType::F64 => self.read_as::<f64>(info),
+            DType::I64 => self.read_as::<i64>(info),
+            DType::U8 => self.read_as::<u8>(info),
+            DType::U32 => self.read_as::<u32>(info),
+            other => candle_core::bail!("{}: {name}: dtype {other:?} is not supported", self.path.display()),
+        }
+    }
+
+    /// Reads a tensor's bytes straight into the buffer the tensor will own (no second copy: for
+    /// the UNet that is 3.4 GB of memory traffic saved). Safetensors are little-endian, as are
+    /// the machines we build for.
+    fn read_as<T: candle_core::WithDType>(&self, info: &TensorInfo) -> candle_core::Result<Tensor> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut values = vec![T::zero(); info.shape.iter().product()];
+        // SAFETY: T is one of candle's plain numeric types, for which every bit pattern is a
+        // valid value; the byte view covers exactly the vector's initialised elements.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(values.as_slice())) };
         let mut file = self.file.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         file.seek(SeekFrom::Start(info.start))
-            .and_then(|_| file.read_exact(&mut bytes))
+            .and_then(|_| file.read_exact(bytes))
             .map_err(|e| candle_core::Error::msg(format!("{}: {e}", self.path.display())))?;
-        Tensor::from_raw_buffer(&bytes, info.dtype, &info.shape, &Device::Cpu)
+        Tensor::from_vec(values, info.shape.as_slice(), &Device::Cpu)
     }
 
     /// Every tensor, on the CPU as stored (for small files: LoRAs).
