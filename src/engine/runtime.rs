@@ -139,6 +139,13 @@ impl RuntimeSpec {
             }
             (Precision::Bf16, _) => DType::BF16,
         };
+        if device.is_cuda() {
+            // When a CUDA job runs in f32 (f16 is the default there), its matrix products use
+            // TF32 tensor cores (10-bit mantissa inputs, f32 sums): what PyTorch does for
+            // convolutions by default, and several times faster on Ampere and later. The
+            // sampler's arithmetic (elementwise, f64 coefficients) is not affected.
+            candle_core::cuda::set_gemm_reduced_precision_f32(true);
+        }
         Ok(Runtime { device, dtype })
     }
 }
