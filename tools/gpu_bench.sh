@@ -10,6 +10,8 @@
 #   python3 -m pip download --no-deps -d target/gpu-wheels diffusers huggingface_hub safetensors \
 #       transformers tokenizers regex  # whatever the GPU machine's Python lacks
 #   tools/gpu_bench.sh target/cuda/release/arc2face-cuda target/gpu-wheels
+# Where what can be carried is limited, carry the binary xz-compressed (76 MB → 14 MB:
+# xz -k target/cuda/release/arc2face-cuda) and give the .xz: it is unpacked here.
 set -euo pipefail
 BIN=$(realpath "$1")
 WHEELS=${2:-}
@@ -17,6 +19,10 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=${GPU_BENCH_WORK:-/tmp/arc2face-gpu-bench}
 PY=${PYTHON:-python3}
 mkdir -p "$WORK"
+if [[ $BIN == *.xz ]]; then
+  xz -dc "$BIN" >"$WORK/arc2face-cuda" && chmod +x "$WORK/arc2face-cuda"
+  BIN=$WORK/arc2face-cuda
+fi
 
 if [[ -n $WHEELS ]]; then
   "$PY" -m pip install --quiet --no-index --find-links "$WHEELS" --no-deps "$WHEELS"/*.whl >&2 || true
