@@ -1,13 +1,14 @@
-//! CPU kernels for the ops that dominate Stable Diffusion on the CPU: convolution, group norm
-//! (with the SiLU that follows it), attention, nearest ×2 upsampling and GEGLU.
+//! CPU kernels for the ops that dominate Stable Diffusion on the CPU: convolution (also over a
+//! nearest-neighbour upsampled input, never built), group norm (with the SiLU that follows it),
+//! attention and GEGLU.
 //!
 //! candle's own CPU versions of these are slow or memory-hungry for SD's shapes: its convolution
 //! rebuilds the weight matrix and an NHWC copy of the input on every call and fills the im2col
 //! tiles element by element; its group norm is eight whole-tensor passes; attention builds the
-//! full score matrix of every head at once. Each function here handles contiguous f32 tensors on
-//! the CPU with the `gemm` crate (the one candle uses, so AVX-512 is picked at run time) and
-//! rayon, and falls back to exactly the candle ops the layers used before for anything else (CUDA
-//! keeps candle's kernels, f16 and bf16 keep candle's CPU ops).
+//! full score matrix of every head at once. Each function here handles contiguous f32 tensors
+//! (the convolution f16 too) on the CPU with the `gemm` crate (the one candle uses, so AVX-512 is
+//! picked at run time) and rayon, and falls back to exactly the candle ops the layers used before
+//! for anything else (CUDA keeps candle's kernels).
 
 use candle_core::{D, DType, Device, Layout, Module, Result, Storage, Tensor, WithDType};
 use candle_nn::VarBuilder;
@@ -595,7 +596,7 @@ fn erf_f32(x: f32) -> f32 {
 }
 
 // ---------------------------------------------------------------------------------------------
-// GEGLU, upsampling
+// GEGLU
 
 /// GEGLU's gate: `(..., 2·I)` → `value · gelu(gate)` `(..., I)`, value the first half, gelu the
 /// exact (erf) one.
@@ -622,22 +623,6 @@ pub fn geglu(projected: &Tensor) -> Result<Tensor> {
     }
     let halves = projected.chunk(2, D::Minus1)?;
     &halves[0] * halves[1].gelu_erf()?
-}
-
-/// Nearest-neighbour ×2 upsampling of `(B, C, H, W)`.
-pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
-    let (batch, channels, h, w) = x.dims4()?;
-    let (storage, layout) = x.storage_and_layout();
-    let Some(xs) = cpu_f32(&storage, layout) else { return x.upsample_nearest2d(2 * h, 2 * w) };
-    let mut out = vec![0f32; xs.len() * 4];
-    out.par_chunks_mut(4 * w).zip(xs.par_chunks(w)).for_each(|(out, row)| {
-        let (top, bottom) = out.split_at_mut(2 * w);
-        for (pair, &v) in top.chunks_mut(2).zip(row) {
-            pair.fill(v);
-        }
-        bottom.copy_from_slice(top);
-    });
-    from_vec(out, &[batch, channels, 2 * h, 2 * w])
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -867,8 +852,6 @@ mod tests {
         let halves = x.chunk(2, D::Minus1).unwrap();
         let theirs = (&halves[0] * halves[1].gelu_erf().unwrap()).unwrap();
         assert!(rel_err(&geglu(&x).unwrap(), &theirs) <= 1e-5);
-        let x = randn(&[2, 3, 5, 7]);
-        assert!(rel_err(&upsample_nearest2x(&x).unwrap(), &x.upsample_nearest2d(10, 14).unwrap()) == 0.0);
         let xs: Vec<f32> = (-1740..1760).map(|i| i as f32 * 0.05).collect(); // where exp is normal
         for x in xs {
             let (ours, exact) = (exp_f32(x), (x as f64).exp());
