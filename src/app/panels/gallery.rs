@@ -149,19 +149,20 @@ fn sweep_group(ui: &mut Ui, state: &AppState, sweep: &[&GalleryEntry], actions: 
         Some(crate::engine::Sweep::Pose { .. }) => "Pose sweep",
         Some(crate::engine::Sweep::Expression { .. }) | None => "Expression sweep",
     };
-    egui::Frame::group(ui.style()).show(ui, |ui| {
-        ui.vertical(|ui| {
-            ui.horizontal(|ui| {
-                ui.label(format!("{kind} · {} images", sweep.len()));
-                if ui.button("Contact sheet…").on_hover_text("Save the sweep side by side as one PNG").clicked() {
+    // The group's title and button stand to the left of its tiles, so that a sweep takes no
+    // more of the strip's height than single images do.
+    egui::Frame::group(ui.style()).inner_margin(4.0).show(ui, |ui| {
+        ui.horizontal(|ui| {
+            ui.vertical(|ui| {
+                ui.label(kind);
+                ui.label(format!("{} images", sweep.len()));
+                if ui.small_button("Contact sheet…").on_hover_text("Save the sweep side by side as one PNG").clicked() {
                     actions.push(GalleryAction::BrowseContactSheet(sweep.iter().map(|e| e.id).collect()).into());
                 }
             });
-            ui.horizontal(|ui| {
-                for entry in sweep {
-                    tile(ui, state, entry, actions);
-                }
-            });
+            for entry in sweep {
+                tile(ui, state, entry, actions);
+            }
         });
     });
 }
