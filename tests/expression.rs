@@ -16,13 +16,7 @@ use common::*;
 use arc2face_studio::diffusion::expression_adapter::ExpressionAdapter;
 use arc2face_studio::diffusion::unet::{Conditioning, ExpressionTokens, UNet, UNetConfig};
 use arc2face_studio::engine::{ExpressionSpec, GenerationSpec, Job, PoseSpec, PoseTarget};
-use arc2face_studio::expression::Expression;
 use arc2face_studio::models::{self, load_safetensors};
-
-fn expression() -> Expression {
-    let values: Vec<f32> = feature_reference("expression.npy").flatten_all().unwrap().to_vec1().unwrap();
-    Expression::from_values(&values).unwrap()
-}
 
 fn state_dict(path: &std::path::Path, key: &str) -> HashMap<String, Tensor> {
     candle_core::pickle::read_all_with_key(path, Some(key)).unwrap().into_iter().collect()
@@ -35,7 +29,7 @@ fn unet_output_with_adapter(file: &std::path::Path) -> Tensor {
     let adapter =
         ExpressionAdapter::new(&state_dict(file, "image_proj"), &state_dict(file, "ip_adapter"), unet.cross_attention_layers()).unwrap();
     unet.attach_expression_adapter(adapter.layers.clone()).unwrap();
-    let values = Tensor::new(&expression().values()[..], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let values = Tensor::new(&feature_expression().values()[..], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
     let tokens = adapter.tokens(&Tensor::cat(&[&values.zeros_like().unwrap(), &values], 0).unwrap()).unwrap();
     let context = reference("unet_encoder_hidden_states.npy");
     let conditioning =
@@ -59,7 +53,7 @@ fn run(case: &str, guidance: f64, scale: f64, with_pose: bool) {
         guidance,
         size: Some(32),
         seed: None,
-        expression: Some(ExpressionSpec { expression: expression(), scale }),
+        expression: Some(ExpressionSpec { expression: feature_expression(), scale }),
         pose,
         ..Default::default()
     };

@@ -16,7 +16,6 @@ use arc2face_studio::diffusion::reference_adapter::{ReferenceBank, ReferenceCall
 use arc2face_studio::diffusion::unet::{Conditioning, UNet, UNetConfig};
 use arc2face_studio::diffusion::vae::{VaeConfig, VaeEncoder};
 use arc2face_studio::engine::{ExpressionSpec, GenerationSpec, Job, ReferenceSpec};
-use arc2face_studio::expression::Expression;
 use arc2face_studio::models::{self, load_safetensors, weights::SafetensorsFile};
 
 fn ref_reference(name: &str) -> Tensor {
@@ -82,10 +81,7 @@ fn one_unet_call_with_the_lora_and_the_bank_matches() {
 }
 
 fn generate(case: &str, guidance: f64, expression: bool) -> (Tensor, Vec<Vec<u8>>) {
-    let expression = expression.then(|| {
-        let values: Vec<f32> = feature_reference("expression.npy").flatten_all().unwrap().to_vec1().unwrap();
-        ExpressionSpec { expression: Expression::from_values(&values).unwrap(), scale: 1.0 }
-    });
+    let expression = expression.then(|| ExpressionSpec { expression: feature_expression(), scale: 1.0 });
     let spec = GenerationSpec {
         num_images: 2,
         steps: 5,

@@ -27,6 +27,12 @@ pub fn feature_reference(name: &str) -> Tensor {
     reference(&format!("features/{name}"))
 }
 
+/// The target expression the feature references were made with (`features/expression.npy`).
+pub fn feature_expression() -> arc2face_studio::expression::Expression {
+    let values: Vec<f32> = feature_reference("expression.npy").flatten_all().unwrap().to_vec1().unwrap();
+    arc2face_studio::expression::Expression::from_values(&values).unwrap()
+}
+
 /// `tests/fixtures/tiny/reference/features/params.json`: how each feature reference was made.
 pub fn feature_params() -> serde_json::Value {
     let path = fixture().join("reference/features/params.json");
