@@ -364,6 +364,53 @@ class Ctx:
     pass
 
 
+def load_context(root, out_dir):
+    """What every generator here starts from: the fixture's models and references, checked bit for
+    bit against what make_fixtures.py recorded (the encoder's outputs, the UNet at t = 500), and
+    C.save, which writes an array into out_dir and records it in C.files. Returns (C, the
+    fixture's params.json)."""
+    import diffusers
+    import peft
+    import transformers
+
+    models_dir = os.path.join(root, "models")
+    ref_dir = os.path.join(root, "reference")
+    base = json.load(open(os.path.join(ref_dir, "params.json")))
+    C = Ctx()
+    C.root, C.models_dir, C.ref_dir, C.feat = root, models_dir, ref_dir, out_dir
+    C.unet, C.enc, C.vae, _ = rc.load_models(models_dir)
+    C.sched_config = json.load(open(os.path.join(models_dir, "scheduler", "scheduler_config.json")))
+    C.size = base["models"]["default_image_size"]
+    C.sf = base["models"]["vae"]["scale_factor"]
+    C.lat = C.size // C.sf
+    C.id_vec = np.load(os.path.join(ref_dir, "id_embedding.npy"))
+    C.cond = rc.encode_identity(C.enc, C.id_vec)
+    C.uncond = rc.encode_uncond(C.enc)
+    assert np.array_equal(C.cond.numpy(), np.load(os.path.join(ref_dir, "encoder_cond.npy")))
+    assert np.array_equal(C.uncond.numpy(), np.load(os.path.join(ref_dir, "encoder_uncond.npy")))
+    C.cond64, C.uncond64 = C.cond.double(), C.uncond.double()
+    C.gen_noise = np.load(os.path.join(ref_dir, "gen_noise.npy"))
+    C.unet_sample = torch.from_numpy(np.load(os.path.join(ref_dir, "unet_sample.npy")))
+    C.unet_ehs = torch.from_numpy(np.load(os.path.join(ref_dir, "unet_encoder_hidden_states.npy")))
+    with torch.no_grad():
+        o = C.unet(C.unet_sample, torch.tensor(500), encoder_hidden_states=C.unet_ehs).sample.numpy()
+    assert np.array_equal(o, np.load(os.path.join(ref_dir, "unet_out_t500.npy"))), "fixture UNet output changed"
+    C.base_out500 = o
+    C.files = {}
+    log(f"fixture {root}: variant {base['variant']}, image {C.size} px, latents {C.lat}; torch {torch.__version__}, "
+        f"diffusers {diffusers.__version__}, transformers {transformers.__version__}, peft {peft.__version__}")
+
+    def save(name, arr, dtype=np.float32):
+        arr = arr.detach().cpu().numpy() if isinstance(arr, torch.Tensor) else np.asarray(arr)
+        arr = np.ascontiguousarray(arr.astype(dtype, copy=False))
+        np.save(os.path.join(out_dir, name + ".npy"), arr)
+        C.files[name + ".npy"] = dict(shape=list(arr.shape), dtype=str(arr.dtype))
+        return arr
+
+    C.save = save
+    return C, base
+
+
 def finite_json(value):
     """JSON has no infinities: diffusers' configs hold some (lambda_min_clipped = -inf); write them as strings."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -407,41 +454,9 @@ def main():
             shutil.rmtree(p)
     os.makedirs(feat)
 
-    base = json.load(open(os.path.join(ref_dir, "params.json")))
-    C = Ctx()
-    C.root, C.models_dir, C.ref_dir, C.feat = root, models_dir, ref_dir, feat
-    C.unet, C.enc, C.vae, _ = rc.load_models(models_dir)
-    C.sched_config = json.load(open(os.path.join(models_dir, "scheduler", "scheduler_config.json")))
-    C.size = base["models"]["default_image_size"]
-    C.sf = base["models"]["vae"]["scale_factor"]
-    C.lat = C.size // C.sf
-    C.id_vec = np.load(os.path.join(ref_dir, "id_embedding.npy"))
-    C.cond = rc.encode_identity(C.enc, C.id_vec)
-    C.uncond = rc.encode_uncond(C.enc)
-    assert np.array_equal(C.cond.numpy(), np.load(os.path.join(ref_dir, "encoder_cond.npy")))
-    assert np.array_equal(C.uncond.numpy(), np.load(os.path.join(ref_dir, "encoder_uncond.npy")))
-    C.gen_noise = np.load(os.path.join(ref_dir, "gen_noise.npy"))
-    C.unet_sample = torch.from_numpy(np.load(os.path.join(ref_dir, "unet_sample.npy")))
-    C.unet_ehs = torch.from_numpy(np.load(os.path.join(ref_dir, "unet_encoder_hidden_states.npy")))
+    C, base = load_context(root, feat)
     C.trace_x = np.load(os.path.join(ref_dir, "scheduler_trace_x.npy"))
-    with torch.no_grad():
-        o = C.unet(C.unet_sample, torch.tensor(500), encoder_hidden_states=C.unet_ehs).sample.numpy()
-    assert np.array_equal(o, np.load(os.path.join(ref_dir, "unet_out_t500.npy"))), "fixture UNet output changed"
-    C.base_out500 = o
     C.unet64 = copy.deepcopy(C.unet).double().eval()
-    C.cond64, C.uncond64 = C.cond.double(), C.uncond.double()
-    C.files = {}
-    log(f"fixture {root}: variant {base['variant']}, image {C.size} px, latents {C.lat}; torch {torch.__version__}, "
-        f"diffusers {diffusers.__version__}, transformers {transformers.__version__}, peft {peft.__version__}")
-
-    def save(name, arr, dtype=np.float32):
-        arr = arr.detach().cpu().numpy() if isinstance(arr, torch.Tensor) else np.asarray(arr)
-        arr = np.ascontiguousarray(arr.astype(dtype, copy=False))
-        np.save(os.path.join(feat, name + ".npy"), arr)
-        C.files[name + ".npy"] = dict(shape=list(arr.shape), dtype=str(arr.dtype))
-        return arr
-
-    C.save = save
 
     P = dict(
         generated_by="tools/make_feature_fixtures.py --fixture DIR",

@@ -236,40 +236,10 @@ def main():
     os.makedirs(out_dir)
     os.makedirs(lora_dir)
 
-    base = json.load(open(os.path.join(ref_dir, "params.json")))
-    C = mff.Ctx()
-    C.root, C.models_dir, C.ref_dir, C.feat = root, models_dir, ref_dir, out_dir
-    C.unet, C.enc, C.vae, _ = rc.load_models(models_dir)
-    C.sched_config = json.load(open(os.path.join(models_dir, "scheduler", "scheduler_config.json")))
-    C.size = base["models"]["default_image_size"]
-    C.sf = base["models"]["vae"]["scale_factor"]
-    C.lat = C.size // C.sf
-    C.cond = rc.encode_identity(C.enc, np.load(os.path.join(ref_dir, "id_embedding.npy")))
-    C.uncond = rc.encode_uncond(C.enc)
-    assert np.array_equal(C.cond.numpy(), np.load(os.path.join(ref_dir, "encoder_cond.npy")))
-    assert np.array_equal(C.uncond.numpy(), np.load(os.path.join(ref_dir, "encoder_uncond.npy")))
-    C.cond64, C.uncond64 = C.cond.double(), C.uncond.double()
-    C.gen_noise = np.load(os.path.join(ref_dir, "gen_noise.npy"))
-    C.unet_sample = torch.from_numpy(np.load(os.path.join(ref_dir, "unet_sample.npy")))
-    C.unet_ehs = torch.from_numpy(np.load(os.path.join(ref_dir, "unet_encoder_hidden_states.npy")))
-    with torch.no_grad():
-        o = C.unet(C.unet_sample, torch.tensor(500), encoder_hidden_states=C.unet_ehs).sample.numpy()
-    assert np.array_equal(o, np.load(os.path.join(ref_dir, "unet_out_t500.npy"))), "fixture UNet output changed"
-    C.base_out500 = o
-    C.files = {}
+    C, base = mff.load_context(root, out_dir)
+    save = C.save
     sfac = C.vae.config.scaling_factor
     n_img = 2
-    log(f"fixture {root}: variant {base['variant']}, image {C.size} px, latents {C.lat}; torch {torch.__version__}, "
-        f"diffusers {diffusers.__version__}, transformers {transformers.__version__}, peft {peft.__version__}")
-
-    def save(name, arr, dtype=np.float32):
-        arr = arr.detach().cpu().numpy() if isinstance(arr, torch.Tensor) else np.asarray(arr)
-        arr = np.ascontiguousarray(arr.astype(dtype, copy=False))
-        np.save(os.path.join(out_dir, name + ".npy"), arr)
-        C.files[name + ".npy"] = dict(shape=list(arr.shape), dtype=str(arr.dtype))
-        return arr
-
-    C.save = save
     blocks = transformer_blocks(C.unet)
     nb = len(blocks)
 
